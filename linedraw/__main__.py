@@ -1,0 +1,6 @@
+"""`python -m linedraw ...` (also what `accelerate launch -m linedraw ...` runs)."""
+import sys
+
+from linedraw.cli import main
+
+sys.exit(main())

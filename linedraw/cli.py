@@ -1,0 +1,38 @@
+"""The `linedraw` command: builds the argument parser from the command modules and dispatches.
+
+Each module in `linedraw/commands/` exposes `register(subparsers)`, which adds its sub-command and sets
+`func(args) -> int` as the handler. Command modules import torch and friends inside their handlers, so
+`linedraw --help` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Order here is the order in `linedraw --help`.
+COMMAND_MODULES: list[str] = [
+    "linedraw.commands.train",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the top-level parser with every sub-command registered."""
+    from linedraw import __version__
+
+    parser = argparse.ArgumentParser(prog="linedraw", description="Photos to informative line drawings.")
+    parser.add_argument("--version", action="version", version=f"linedraw {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `linedraw` console script; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

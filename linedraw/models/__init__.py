@@ -1,0 +1,1 @@
+"""linedraw.models"""
