@@ -1,1 +1,47 @@
-"""linedraw.models"""
+"""Model registry: build any linedraw network by name, so checkpoints can record how to rebuild it."""
+from __future__ import annotations
+
+from typing import Callable, TypeVar
+
+import torch.nn as nn
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+F = TypeVar("F", bound=Callable[..., nn.Module])
+
+
+def register_model(name: str) -> Callable[[F], F]:
+    """Decorator adding a model class or factory to the registry under `name` (names are unique)."""
+
+    def decorator(fn: F) -> F:
+        if name in _REGISTRY:
+            raise ValueError(f"model name {name!r} is already registered")
+        _REGISTRY[name] = fn
+        return fn
+
+    return decorator
+
+
+def create_model(name: str, **kwargs) -> nn.Module:
+    """Build the registered model `name` with `kwargs`, e.g. `create_model("resnet_generator", ngf=64)`."""
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
+    return _REGISTRY[name](**kwargs)
+
+
+def list_models() -> list[str]:
+    """Sorted names of all registered models."""
+    return sorted(_REGISTRY)
+
+
+# Importing the modules registers their models.
+from linedraw.models.generator import ResnetGenerator, crop_to, pad_to_multiple  # noqa: E402
+
+__all__ = [
+    "register_model",
+    "create_model",
+    "list_models",
+    "ResnetGenerator",
+    "pad_to_multiple",
+    "crop_to",
+]

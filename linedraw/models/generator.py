@@ -1,0 +1,106 @@
+"""ResNet generator of CycleGAN / Informative Drawings: photo (3 ch) -> drawing (1 ch) and back."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from linedraw.models import register_model
+
+#: Two stride-2 downsamplings: inputs must have H and W divisible by this.
+SIZE_MULTIPLE = 4
+
+
+class ResidualBlock(nn.Module):
+    """Two reflection-padded 3x3 convolutions with instance norm and a skip connection."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.block = nn.Sequential(
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(channels, channels, 3),
+            nn.InstanceNorm2d(channels),
+            nn.ReLU(inplace=True),
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(channels, channels, 3),
+            nn.InstanceNorm2d(channels),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.block(x)
+
+
+@register_model("resnet_generator")
+class ResnetGenerator(nn.Module):
+    """c7s1-ngf, two stride-2 downsamplings, `n_blocks` residual blocks, two upsamplings, c7s1-out, sigmoid.
+
+    Outputs are in [0, 1]. Input H and W must be multiples of 4 (use `pad_to_multiple` for other sizes).
+    """
+
+    def __init__(self, in_channels: int = 3, out_channels: int = 1, ngf: int = 64, n_blocks: int = 3) -> None:
+        super().__init__()
+        if min(in_channels, out_channels, ngf) < 1 or n_blocks < 0:
+            raise ValueError(
+                f"invalid generator size: in_channels={in_channels}, out_channels={out_channels}, "
+                f"ngf={ngf}, n_blocks={n_blocks}"
+            )
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        layers: list[nn.Module] = [
+            nn.ReflectionPad2d(3),
+            nn.Conv2d(in_channels, ngf, 7),
+            nn.InstanceNorm2d(ngf),
+            nn.ReLU(inplace=True),
+        ]
+        channels = ngf
+        for _ in range(2):
+            layers += [
+                nn.Conv2d(channels, channels * 2, 3, stride=2, padding=1),
+                nn.InstanceNorm2d(channels * 2),
+                nn.ReLU(inplace=True),
+            ]
+            channels *= 2
+        layers += [ResidualBlock(channels) for _ in range(n_blocks)]
+        for _ in range(2):
+            layers += [
+                nn.ConvTranspose2d(channels, channels // 2, 3, stride=2, padding=1, output_padding=1),
+                nn.InstanceNorm2d(channels // 2),
+                nn.ReLU(inplace=True),
+            ]
+            channels //= 2
+        layers += [nn.ReflectionPad2d(3), nn.Conv2d(channels, out_channels, 7), nn.Sigmoid()]
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"expected a (B, {self.in_channels}, H, W) tensor, got shape {tuple(x.shape)}")
+        h, w = x.shape[-2:]
+        if h % SIZE_MULTIPLE or w % SIZE_MULTIPLE:
+            raise ValueError(
+                f"input height and width must be multiples of {SIZE_MULTIPLE}, got {h}x{w}; "
+                "pad with linedraw.models.pad_to_multiple and crop the output back with crop_to"
+            )
+        return self.model(x)
+
+
+def pad_to_multiple(
+    x: torch.Tensor, multiple: int = SIZE_MULTIPLE, mode: str = "reflect"
+) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Pad the bottom/right of an NCHW tensor so H and W are multiples of `multiple`.
+
+    Returns the padded tensor and the original (h, w) for `crop_to`. Reflect padding needs the pad to be
+    smaller than the image side; tiny images fall back to replicate padding.
+    """
+    h, w = x.shape[-2:]
+    pad_h, pad_w = (-h) % multiple, (-w) % multiple
+    if pad_h == 0 and pad_w == 0:
+        return x, (h, w)
+    if mode == "reflect" and (pad_h >= h or pad_w >= w):
+        mode = "replicate"
+    return F.pad(x, (0, pad_w, 0, pad_h), mode=mode), (h, w)
+
+
+def crop_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Crop the bottom/right padding added by `pad_to_multiple` back off."""
+    h, w = size
+    return x[..., :h, :w]
