@@ -35,13 +35,19 @@ def list_models() -> list[str]:
 
 
 # Importing the modules registers their models.
+from linedraw.models.discriminator import PatchDiscriminator  # noqa: E402
 from linedraw.models.generator import ResnetGenerator, crop_to, pad_to_multiple  # noqa: E402
+from linedraw.models.geometry import GeometryHead  # noqa: E402
+from linedraw.models.pool import ImagePool  # noqa: E402
 
 __all__ = [
     "register_model",
     "create_model",
     "list_models",
     "ResnetGenerator",
+    "PatchDiscriminator",
+    "GeometryHead",
+    "ImagePool",
     "pad_to_multiple",
     "crop_to",
 ]
