@@ -1,0 +1,237 @@
+"""Robust image I/O: decode any photo a user throws at us into RGB/L, tensors <-> PIL, atomic saves.
+
+Every failure to read a file is an `ImageError(path, reason)` whose message names the file, so a batch job
+can report it in one line and carry on.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import re
+import struct
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Iterable, Union
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+#: Largest image `open_image` decodes by default (128 Mpx, below Pillow's own bomb limit of ~179 Mpx).
+#: A few-hundred-byte PNG can declare a gigapixel canvas; refusing it before decoding keeps memory safe.
+DEFAULT_MAX_PIXELS = 2**27
+
+#: File extensions picked up when walking directories or expanding globs (files named explicitly are
+#: always tried, whatever their extension).
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
+     ".pbm", ".pnm", ".tga", ".ico", ".jp2", ".j2k"}
+)
+
+_GLOB_MAGIC = re.compile(r"[*?[]")
+
+
+def display_path(path: PathLike) -> str:
+    """`path` as printable text: undecodable bytes of non-UTF-8 file names become `\\xNN` escapes."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+class ImageError(Exception):
+    """An image file that cannot be used; `str()` is `"<path>: <reason>"`."""
+
+    def __init__(self, path: PathLike, reason: str) -> None:
+        self.path = os.fspath(path)
+        self.reason = reason
+        super().__init__(f"{display_path(self.path)}: {reason}")
+
+
+def normalize_mode(image: Image.Image, mode: str = "RGB") -> Image.Image:
+    """Convert any Pillow mode to "RGB" or "L": transparency is composited on white, 16-bit and float
+    images are rescaled to 8 bits, palette/CMYK/YCbCr/1-bit are converted."""
+    if mode not in ("RGB", "L"):
+        raise ValueError(f"mode must be 'RGB' or 'L', got {mode!r}")
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        image = _high_depth_to_l(image)
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    if image.mode != mode:
+        image = image.convert(mode)
+    return image
+
+
+def _high_depth_to_l(image: Image.Image) -> Image.Image:
+    """16-bit integer images map 0..65535 to 0..255; float images are taken as [0, 1] (or [0, 255])."""
+    array = np.asarray(image, dtype=np.float64)
+    if image.mode == "F":
+        scale = 1.0 if array.size == 0 or np.nanmax(array) <= 1.0 else 255.0
+    else:
+        scale = 65535.0
+    array = np.clip(np.nan_to_num(array / scale), 0.0, 1.0)
+    return Image.fromarray(np.round(array * 255).astype(np.uint8), mode="L")
+
+
+def open_image(path: PathLike, mode: str = "RGB", max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode `path` fully into an upright (EXIF orientation applied) "RGB" or "L" image.
+
+    Raises `ImageError` naming the file for missing/empty/corrupt/truncated/non-image files and for images
+    over `max_pixels` (None = Pillow's own limit only).
+    """
+    path_str = os.fspath(path)
+    try:
+        size = os.stat(path_str).st_size
+    except FileNotFoundError:
+        raise ImageError(path_str, "no such file") from None
+    except OSError as exc:
+        raise ImageError(path_str, f"cannot read: {exc.strerror or exc}") from None
+    if os.path.isdir(path_str):
+        raise ImageError(path_str, "is a directory, not an image")
+    if size == 0:
+        raise ImageError(path_str, "empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            # We enforce our own limit below; Pillow's warning would only be noise.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path_str) as image:
+                width, height = image.size
+                if max_pixels is not None and width * height > max_pixels:
+                    raise ImageError(
+                        path_str,
+                        f"{width}x{height} image has {width * height} pixels, over the limit of {max_pixels} "
+                        "(possible decompression bomb; raise max_pixels if the file is trusted)",
+                    )
+                image.load()
+                image = ImageOps.exif_transpose(image)
+                return normalize_mode(image, mode)
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageError(path_str, f"decompression bomb refused: {exc}") from None
+    except UnidentifiedImageError:
+        raise ImageError(path_str, f"not an image file (or an unsupported format), {size} bytes") from None
+    except PermissionError:
+        raise ImageError(path_str, "permission denied") from None
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct.error) as exc:
+        # Pillow signals truncated/corrupt data with any of these, depending on the format plugin.
+        raise ImageError(path_str, f"corrupt or truncated image: {exc}") from None
+
+
+def to_tensor(image: Image.Image) -> torch.Tensor:
+    """PIL image -> (C, H, W) float tensor in [0, 1]; "L" gives C=1, other modes are normalised to RGB."""
+    if image.mode not in ("L", "RGB"):
+        image = normalize_mode(image, "RGB")
+    array = np.asarray(image, dtype=np.uint8)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
+
+
+def to_pil(tensor: torch.Tensor) -> Image.Image:
+    """(1|3, H, W) or (H, W) float tensor in [0, 1] -> "L" or "RGB" PIL image (values clamped and rounded)."""
+    if tensor.ndim == 2:
+        tensor = tensor.unsqueeze(0)
+    if tensor.ndim != 3 or tensor.shape[0] not in (1, 3):
+        raise ValueError(f"expected a (1|3, H, W) or (H, W) tensor, got shape {tuple(tensor.shape)}")
+    array = tensor.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).cpu().permute(1, 2, 0).numpy()
+    if array.shape[2] == 1:
+        return Image.fromarray(array[:, :, 0], mode="L")
+    return Image.fromarray(array, mode="RGB")
+
+
+def save_image(image: Image.Image | torch.Tensor, path: PathLike, format: str | None = None, **options) -> None:
+    """Write `image` to `path` atomically: a temp file in the same directory, then `os.replace`.
+
+    A crash mid-write leaves either the old file or none, never a half-written one. `format` defaults to the
+    one implied by the extension; `options` go to `PIL.Image.save` (e.g. quality=95).
+    """
+    if isinstance(image, torch.Tensor):
+        image = to_pil(image)
+    path_str = os.fspath(path)
+    if format is None:
+        extension = os.path.splitext(path_str)[1].lower()
+        format = Image.registered_extensions().get(extension)
+        if format is None:
+            raise ValueError(f"cannot tell the image format from {display_path(path_str)!r}; pass format=")
+    if format.upper() in ("JPEG", "WEBP") and image.mode not in ("L", "RGB"):
+        image = normalize_mode(image, "RGB")
+    directory = os.path.dirname(path_str) or "."
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path_str) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            image.save(handle, format=format, **options)
+        os.replace(tmp, path_str)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def list_images(inputs: Iterable[PathLike]) -> list[tuple[Path, Path]]:
+    """Expand files, directories (recursively) and glob patterns into `(path, relative_path)` pairs.
+
+    `relative_path` is where the file sits below the directory (or the glob's fixed prefix) it was found in,
+    so outputs can mirror the input tree. Walks skip hidden files and folders and keep only
+    `IMAGE_EXTENSIONS`; files named explicitly, and inputs that do not exist, are passed through so that
+    opening them reports the problem. Duplicates are dropped; order is stable (sorted per input).
+    """
+    found: list[tuple[Path, Path]] = []
+    seen: set[str] = set()
+
+    def add(path: Path, relative: Path) -> None:
+        key = os.path.normcase(os.path.abspath(path))
+        if key not in seen:
+            seen.add(key)
+            found.append((path, relative))
+
+    for item in inputs:
+        text = os.fspath(item)
+        path = Path(text)
+        if path.is_dir():
+            for file in _walk(path):
+                add(file, file.relative_to(path))
+        elif path.exists() or not _has_magic(text):
+            add(path, Path(path.name))
+        else:
+            base = _glob_base(text)
+            for match in sorted(glob.glob(text, recursive=True)):
+                match_path = Path(match)
+                if match_path.is_dir():
+                    for file in _walk(match_path):
+                        add(file, file.relative_to(base))
+                elif _is_image_name(match_path):
+                    add(match_path, match_path.relative_to(base))
+    return found
+
+
+def _has_magic(text: str) -> bool:
+    return _GLOB_MAGIC.search(text) is not None
+
+
+def _is_image_name(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def _walk(root: Path) -> list[Path]:
+    files = []
+    for directory, subdirs, names in os.walk(root):
+        subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
+        files += [Path(directory) / n for n in sorted(names) if _is_image_name(Path(n))]
+    return files
+
+
+def _glob_base(pattern: str) -> Path:
+    """The longest leading run of path components of `pattern` without glob characters."""
+    parts = Path(pattern).parts
+    fixed = []
+    for part in parts[:-1]:
+        if _has_magic(part):
+            break
+        fixed.append(part)
+    return Path(*fixed) if fixed else Path(".")
