@@ -9,6 +9,8 @@ from linedraw.models import register_model
 
 #: Two stride-2 downsamplings: inputs must have H and W divisible by this.
 SIZE_MULTIPLE = 4
+#: Smallest side: the 1/4-size bottleneck needs 2 pixels for its reflection padding.
+MIN_SIZE = 8
 
 
 class ResidualBlock(nn.Module):
@@ -34,7 +36,8 @@ class ResidualBlock(nn.Module):
 class ResnetGenerator(nn.Module):
     """c7s1-ngf, two stride-2 downsamplings, `n_blocks` residual blocks, two upsamplings, c7s1-out, sigmoid.
 
-    Outputs are in [0, 1]. Input H and W must be multiples of 4 (use `pad_to_multiple` for other sizes).
+    Outputs are in [0, 1]. Input H and W must be multiples of 4 and at least 8 (use `pad_to_multiple` for
+    other sizes).
     """
 
     def __init__(self, in_channels: int = 3, out_channels: int = 1, ngf: int = 64, n_blocks: int = 3) -> None:
@@ -80,6 +83,8 @@ class ResnetGenerator(nn.Module):
                 f"input height and width must be multiples of {SIZE_MULTIPLE}, got {h}x{w}; "
                 "pad with linedraw.models.pad_to_multiple and crop the output back with crop_to"
             )
+        if h < MIN_SIZE or w < MIN_SIZE:
+            raise ValueError(f"input height and width must be at least {MIN_SIZE}, got {h}x{w}")
         return self.model(x)
 
 
