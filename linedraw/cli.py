@@ -12,7 +12,6 @@ import sys
 
 # Order here is the order in `linedraw --help`.
 COMMAND_MODULES: list[str] = [
-    "linedraw.commands.train",
     "linedraw.commands.eval",
 ]
 
