@@ -1,0 +1,206 @@
+"""Generator checkpoints: safetensors weights plus a JSON config that says how to rebuild the network.
+
+A checkpoint is `<stem>.safetensors` + `<stem>.json` (`{"model": registry name, "kwargs": {...},
+"linedraw_version": ..., ...}`); the config is also embedded in the safetensors metadata, so the weights
+file alone is enough. Loading never unpickles anything.
+
+`load_generator` accepts three kinds of reference:
+
+- a shipped name such as "contour": `<name>.safetensors` looked up in, in order, every directory of the
+  `LINEDRAW_CHECKPOINTS` environment variable (os.pathsep-separated), the `checkpoints/` folder at the root
+  of a source checkout (next to the `linedraw` package), and `linedraw/checkpoints/` inside an installed
+  package (for wheels that bundle weights). An installed package without bundled weights finds shipped
+  checkpoints once `LINEDRAW_CHECKPOINTS` points at a copy of the repo's `checkpoints/` folder;
+- a path to a `.safetensors` or `.json` file;
+- a training output directory: `checkpoints/latest` names the newest `checkpoints/step_XXXXXXXX/`, which
+  holds `G_A.safetensors` + `G_A.json` (a step directory itself works too).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+#: Environment variable listing extra directories of shipped checkpoints (searched first).
+ENV_VAR = "LINEDRAW_CHECKPOINTS"
+#: Metadata key of the safetensors file that carries the JSON config.
+METADATA_KEY = "linedraw_config"
+#: File name stem of the photo->drawing generator inside a training step directory.
+TRAINING_STEM = "G_A"
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be found or used; the message says what was looked for."""
+
+
+@dataclass(frozen=True)
+class ShippedCheckpoint:
+    """A checkpoint found by name: its weights, JSON config and model card (None when it has none)."""
+
+    name: str
+    weights: Path
+    config: Path
+    card: Path | None
+
+
+def checkpoint_dirs() -> list[Path]:
+    """Directories searched for shipped checkpoints, in priority order (see the module docstring)."""
+    dirs = [Path(p) for p in os.environ.get(ENV_VAR, "").split(os.pathsep) if p]
+    package = Path(__file__).resolve().parent
+    dirs += [package.parent / "checkpoints", package / "checkpoints"]
+    return dirs
+
+
+def list_checkpoints() -> list[ShippedCheckpoint]:
+    """Every shipped checkpoint by name (the first directory holding a name wins), sorted by name."""
+    found: dict[str, ShippedCheckpoint] = {}
+    for directory in checkpoint_dirs():
+        if not directory.is_dir():
+            continue
+        for weights in sorted(directory.glob("*.safetensors")):
+            if weights.stem not in found:
+                card = weights.with_suffix(".md")
+                found[weights.stem] = ShippedCheckpoint(
+                    weights.stem, weights, weights.with_suffix(".json"), card if card.is_file() else None
+                )
+    return [found[name] for name in sorted(found)]
+
+
+def save_generator(model: nn.Module, path: str | os.PathLike, config: dict[str, Any], half: bool = False) -> Path:
+    """Write `model`'s weights to `<stem>.safetensors` and `config` to `<stem>.json` (both atomically).
+
+    `config` must hold "model" (registry name) and "kwargs" (its constructor arguments); anything else
+    (training step, data, losses) is kept as is. `half=True` stores float16 weights (half the size; loading
+    restores float32). Returns the weights path.
+    """
+    from linedraw import __version__
+    from safetensors.torch import save_file
+
+    if "model" not in config or "kwargs" not in config:
+        raise ValueError("config must contain 'model' (registry name) and 'kwargs' (its constructor arguments)")
+    config = {**config, "linedraw_version": __version__, "dtype": "float16" if half else "float32"}
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    if half:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    _check_architecture(state, config, where=str(path))
+
+    stem = Path(path)
+    if stem.suffix in (".safetensors", ".json"):
+        stem = stem.with_suffix("")
+    weights, config_path = stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
+    text = json.dumps(config, indent=2, sort_keys=True) + "\n"
+    _atomic_write(weights, lambda tmp: save_file(state, tmp, metadata={METADATA_KEY: text, "format": "pt"}))
+    _atomic_write(config_path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    return weights
+
+
+def load_generator(name_or_path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """Rebuild a generator from a shipped name, a `.safetensors`/`.json` path or a training output dir.
+
+    Returns `(model in eval mode on device, config)`; raises `CheckpointError` saying what was looked for.
+    """
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    weights, config_path = resolve_checkpoint(name_or_path)
+    if config_path.is_file():
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    else:
+        with safe_open(str(weights), framework="pt") as handle:
+            embedded = (handle.metadata() or {}).get(METADATA_KEY)
+        if embedded is None:
+            raise CheckpointError(f"{weights}: no {config_path.name} beside it and no config embedded in it")
+        config = json.loads(embedded)
+    state = load_file(str(weights))
+    model = _check_architecture(state, config, where=str(weights), build=True)
+    model.load_state_dict(state)
+    return model.to(device).eval(), config
+
+
+def resolve_checkpoint(name_or_path: str | os.PathLike) -> tuple[Path, Path]:
+    """The `(weights, config)` paths `name_or_path` refers to (the config file may be missing)."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        return _from_directory(path)
+    if path.suffix in (".safetensors", ".json") and path.is_file():
+        weights = path.with_suffix(".safetensors")
+        if not weights.is_file():
+            raise CheckpointError(f"{path}: no weights file {weights.name} beside it")
+        return weights, path.with_suffix(".json")
+    text = os.fspath(name_or_path)
+    if path.suffix or os.sep in text or (os.altsep and os.altsep in text):
+        raise CheckpointError(f"checkpoint {text!r} not found: no such file or directory")
+    for shipped in list_checkpoints():
+        if shipped.name == text:
+            return shipped.weights, shipped.config
+    searched = ", ".join(str(d) for d in checkpoint_dirs())
+    names = ", ".join(c.name for c in list_checkpoints()) or "none"
+    raise CheckpointError(
+        f"no shipped checkpoint named {text!r}: looked for {text}.safetensors in {searched} "
+        f"(shipped: {names}). Pass --checkpoint PATH to a .safetensors file or a training output directory, "
+        f"or set {ENV_VAR} to a folder of checkpoints."
+    )
+
+
+def _from_directory(directory: Path) -> tuple[Path, Path]:
+    """A training output dir (via checkpoints/latest), a checkpoints/ dir, or a step dir holding G_A.*."""
+    if (directory / f"{TRAINING_STEM}.safetensors").is_file():
+        return directory / f"{TRAINING_STEM}.safetensors", directory / f"{TRAINING_STEM}.json"
+    for checkpoints in (directory / "checkpoints", directory):
+        latest = checkpoints / "latest"
+        if latest.is_file():
+            step_dir = checkpoints / latest.read_text(encoding="utf-8").strip()
+            weights = step_dir / f"{TRAINING_STEM}.safetensors"
+            if not weights.is_file():
+                raise CheckpointError(f"{latest} names {step_dir}, which has no {weights.name}")
+            return weights, weights.with_suffix(".json")
+        steps = sorted(checkpoints.glob(f"step_*/{TRAINING_STEM}.safetensors"))
+        if steps:
+            return steps[-1], steps[-1].with_suffix(".json")
+    raise CheckpointError(
+        f"{directory}: not a checkpoint directory (looked for {TRAINING_STEM}.safetensors in it, "
+        f"checkpoints/latest and checkpoints/step_*/{TRAINING_STEM}.safetensors)"
+    )
+
+
+def _check_architecture(state: dict[str, torch.Tensor], config: dict, where: str, build: bool = False):
+    """Build the configured model (on the meta device unless `build`) and check the weights fit it."""
+    from linedraw.models import create_model
+
+    try:
+        if build:
+            model = create_model(config["model"], **config.get("kwargs", {}))
+        else:
+            with torch.device("meta"):
+                model = create_model(config["model"], **config.get("kwargs", {}))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{where}: cannot build model from config {config.get('model')!r}: {exc}") from None
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    actual = {k: tuple(v.shape) for k, v in state.items()}
+    if expected != actual:
+        missing, extra = sorted(expected.keys() - actual), sorted(actual.keys() - expected)
+        wrong = sorted(k for k in expected.keys() & actual.keys() if expected[k] != actual[k])
+        raise CheckpointError(
+            f"{where}: weights do not fit {config['model']}({config.get('kwargs', {})}): "
+            f"missing {missing[:3]}, unexpected {extra[:3]}, wrong shape {wrong[:3]}"
+        )
+    return model
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Call `write(temp_path)` for a temp file beside `path`, then rename it over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
