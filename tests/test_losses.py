@@ -110,8 +110,8 @@ def test_embedding_distances_on_hand_made_embeddings():
     assert cosine.embedding_distance(a, torch.tensor([[-1.0, 0.0]])).item() == pytest.approx(2.0)
     assert loss.embedding_distance(a, torch.tensor([[-1.0, 0.0]])).item() == pytest.approx(2.0)
     # Batch mean.
-    batch = cosine.embedding_distance(torch.tensor([[1.0, 0.0], [1.0, 0.0]]), torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
-    assert batch.item() == pytest.approx(0.5)
+    rows_a, rows_b = torch.tensor([[1.0, 0.0], [1.0, 0.0]]), torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    assert cosine.embedding_distance(rows_a, rows_b).item() == pytest.approx(0.5)
     with pytest.raises(ValueError, match="cosine"):
         SemanticLoss(TinyEncoder(), distance="l2")
 
@@ -306,4 +306,6 @@ def test_segmentation_unet_any_size_and_loss_falls(in_channels):
 
 def test_segmentation_rejects_mismatched_mask():
     with pytest.raises(ValueError, match="mask"):
-        SegmentationLoss(nn.Conv2d(3, 2, 1))(torch.rand(1, 1, 8, 8), torch.zeros(1, 4, 4).long(), torch.tensor([True]))
+        SegmentationLoss(nn.Conv2d(3, 2, 1))(
+            torch.rand(1, 1, 8, 8), torch.zeros(1, 4, 4, dtype=torch.long), torch.tensor([True])
+        )

@@ -17,7 +17,9 @@ class PatchDiscriminator(nn.Module):
     def __init__(self, in_channels: int = 3, ndf: int = 64, n_layers: int = 3) -> None:
         super().__init__()
         if in_channels < 1 or ndf < 1 or n_layers < 1:
-            raise ValueError(f"invalid discriminator size: in_channels={in_channels}, ndf={ndf}, n_layers={n_layers}")
+            raise ValueError(
+                f"invalid discriminator size: in_channels={in_channels}, ndf={ndf}, n_layers={n_layers}"
+            )
         self.in_channels = in_channels
         layers: list[nn.Module] = [nn.Conv2d(in_channels, ndf, 4, stride=2, padding=1), nn.LeakyReLU(0.2, True)]
         channels = ndf

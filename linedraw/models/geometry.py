@@ -24,7 +24,8 @@ class GeometryHead(nn.Module):
         super().__init__()
         if not in_channels or min(in_channels) < 1 or out_channels < 1 or width < 1:
             raise ValueError(
-                f"invalid geometry head size: in_channels={in_channels}, out_channels={out_channels}, width={width}"
+                f"invalid geometry head size: in_channels={in_channels}, "
+                f"out_channels={out_channels}, width={width}"
             )
         self.in_channels = list(in_channels)
         self.out_channels = out_channels
