@@ -13,6 +13,7 @@ import sys
 # Order here is the order in `linedraw --help`.
 COMMAND_MODULES: list[str] = [
     "linedraw.commands.eval",
+    "linedraw.commands.precompute",
 ]
 
 
