@@ -14,6 +14,8 @@ import sys
 COMMAND_MODULES: list[str] = [
     "linedraw.commands.eval",
     "linedraw.commands.precompute",
+    "linedraw.commands.index",
+    "linedraw.commands.search",
 ]
 
 

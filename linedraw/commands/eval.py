@@ -5,7 +5,7 @@ import argparse
 import importlib
 
 # Each module exposes `register(eval_subparsers)` and sets `func` on its parser.
-EVAL_MODULES: list[str] = []
+EVAL_MODULES: list[str] = ["linedraw.commands.eval_retrieval"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -1,0 +1,94 @@
+"""`linedraw eval retrieval`: sketch-based retrieval metrics of a drawing index against the raw-photo baseline."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+
+METRICS_HELP = """\
+metrics (SBIR literature; averaged over queries; the whole gallery is ranked):
+  mAP@all   non-interpolated average precision, (1/R) sum_i P@i rel_i, R = relevant items (same class)
+  mAP@200   (1/min(200, R)) sum_{i<=200} P@i rel_i (the ZS-SBIR normalisation, without VOC interpolation)
+  P@K       relevant items in the top K / K
+  R@K       relevant items in the top K / R
+  acc@K     instance level: share of queries `<photo-id>-N.png` whose own photo is in the top K
+K = 1, 5, 10, 20, 50 (acc: 1, 10). Classes are parent folder names of queries and gallery photos.
+The baseline indexes the same photos without drawing them (--raw), with the same embedder.
+"""
+
+
+def register(eval_subparsers: argparse._SubParsersAction) -> None:
+    """Add `linedraw eval retrieval`."""
+    parser = eval_subparsers.add_parser(
+        "retrieval", help="mAP / P@K / R@K / acc@K of sketch queries against an index and the raw-photo baseline",
+        epilog=METRICS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--index", required=True, help="index built with `linedraw index build` (class folders)")
+    parser.add_argument("--queries", required=True, help="folder of query sketches in class folders")
+    parser.add_argument("--baseline-index", help="raw-photo index to compare with; built here if missing "
+                                                 "(default: a temporary one)")
+    parser.add_argument("--no-baseline", action="store_true", help="evaluate --index alone")
+    parser.add_argument("--json", metavar="OUT.json", help="also write the metrics as JSON")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda, mps or cpu)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--no-progress", action="store_true")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from linedraw.commands.index import default_device
+    from linedraw.retrieval.evaluate import embed_queries, evaluate, format_table
+    from linedraw.retrieval.gallery import Encoding, PhotoEncoder, build_index
+    from linedraw.retrieval.index import GalleryIndex
+
+    device = args.device or default_device()
+    try:
+        index = GalleryIndex.open(args.index)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    m = index.manifest
+    drawing_encoder = PhotoEncoder(Encoding(m["embedder"], m.get("checkpoint")), device, args.batch_size)
+    try:
+        queries = embed_queries(args.queries, drawing_encoder, args.batch_size, not args.no_progress)
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    name = f"drawings ({m['checkpoint']})" if m.get("checkpoint") else "index (raw photos)"
+    columns = {name: evaluate(index, queries)}
+    photos = sorted({item.path for item in index.all_items()})
+    index.close()
+
+    if not args.no_baseline and m.get("checkpoint"):
+        temporary = None
+        baseline_dir = args.baseline_index
+        if baseline_dir is None:
+            temporary = tempfile.mkdtemp(prefix="linedraw-baseline-")
+            baseline_dir = os.path.join(temporary, "raw")
+        try:
+            if not os.path.isdir(baseline_dir):
+                raw = PhotoEncoder(Encoding(m["embedder"], None), device, args.batch_size,
+                                   embedder=drawing_encoder.embedder)
+                print(f"building the raw-photo baseline index ({len(photos)} photos) in {baseline_dir}",
+                      file=sys.stderr)
+                build_index(photos, baseline_dir, raw.encoding, kind="flat", encoder=raw,
+                            batch_size=args.batch_size, progress=not args.no_progress)
+            with GalleryIndex.open(baseline_dir) as baseline:
+                if baseline.manifest["embedder"] != m["embedder"] or baseline.manifest.get("checkpoint"):
+                    print(f"error: {baseline_dir} is not a raw-photo index with embedder {m['embedder']}",
+                          file=sys.stderr)
+                    return 2
+                columns = {"raw photos": evaluate(baseline, queries), **columns}
+        finally:
+            if temporary:
+                shutil.rmtree(temporary, ignore_errors=True)
+
+    print(f"embedder {m['embedder']}, {len(queries.paths)} queries from {args.queries}")
+    print(format_table(columns))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump({"embedder": m["embedder"], "checkpoint": m.get("checkpoint"), "metrics": columns},
+                      handle, indent=2)
+    return 0

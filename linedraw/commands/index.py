@@ -1,0 +1,188 @@
+"""`linedraw index build|add|remove|info|merge`: photo galleries indexed by the embeddings of their drawings."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+BUILD_EPILOG = """\
+index kinds (Faiss guidelines): flat = exact inner product (auto up to 50,000 items); hnsw = HNSW32 graph,
+fast and accurate while vectors + graph fit --memory; ivfpq = IVF + product quantisation, dim/8 (max 64)
+bytes per item, lists kept on disk (memory-mapped) when the codes exceed --memory or with --on-disk.
+
+an interrupted build resumes: run the same command again; finished chunks in OUTPUT.work/ are reused.
+sharded builds: `accelerate launch -m linedraw index build ... --like TRAINED` runs one shard per process
+(OUTPUT.shardRRR-of-NNN); `linedraw index merge -o OUTPUT OUTPUT.shard*` joins them.
+"""
+
+
+def default_device() -> str:
+    """cuda (this process's local rank under accelerate/torchrun), then mps, then cpu."""
+    import torch
+
+    if torch.cuda.is_available():
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def add_runtime_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default=None, help="torch device (default: cuda, mps or cpu)")
+    parser.add_argument("--batch-size", type=int, default=16, help="photos converted/embedded at once")
+    parser.add_argument("--chunk-size", type=int, default=256, help="photos per resumable work chunk")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `linedraw index` and its sub-commands."""
+    parser = subparsers.add_parser("index", help="build and maintain a photo index for sketch search")
+    sub = parser.add_subparsers(dest="index_command", metavar="INDEX_COMMAND", required=True)
+
+    build = sub.add_parser("build", help="index photos (each by its drawing's embedding)", epilog=BUILD_EPILOG,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    build.add_argument("gallery", nargs="+", help="photo files, folders or glob patterns")
+    build.add_argument("-o", "--output", required=True, help="index directory to write")
+    build.add_argument("--checkpoint", default="contour", help="generator that draws the photos (default: contour)")
+    build.add_argument("--raw", action="store_true", help="embed the photos themselves (the no-drawing baseline)")
+    build.add_argument("--embedder", default="efficientnet-lite0",
+                       help="openclip:MODEL:PRETRAINED, efficientnet-lite0 (offline), timm:MODEL[:WEIGHTS], "
+                            "or a trained embedder folder (default: efficientnet-lite0)")
+    build.add_argument("--kind", default="auto", choices=("auto", "flat", "hnsw", "ivfpq"))
+    build.add_argument("--memory", default="8G", help="memory budget for the index, e.g. 16G (default: 8G)")
+    build.add_argument("--on-disk", action="store_true", default=None,
+                       help="keep IVF-PQ inverted lists on disk (default: only when over --memory)")
+    build.add_argument("--objects", choices=("boxes", "masks"),
+                       help="index each object: crop to its box (boxes) or also whiten outside its mask (masks)")
+    build.add_argument("--object-source", help="COCO-style boxes JSON, or a folder of <stem>.png label masks")
+    build.add_argument("--min-object-area", type=float, default=0.01, help="smallest object, share of the photo")
+    build.add_argument("--like", help="copy encoding and trained IVF-PQ quantizer from this index (for shards)")
+    build.add_argument("--shard", help="I/N: index every N-th photo from the I-th (default under accelerate "
+                                       "launch: this process's rank / world size)")
+    add_runtime_args(build)
+    build.set_defaults(func=run_build)
+
+    add = sub.add_parser("add", help="add new or changed photos (by content hash); unchanged ones are skipped")
+    add.add_argument("index")
+    add.add_argument("paths", nargs="+", help="photo files, folders or glob patterns")
+    add_runtime_args(add)
+    add.set_defaults(func=run_add)
+
+    remove = sub.add_parser("remove", help="remove photos (files or whole folders) from an index")
+    remove.add_argument("index")
+    remove.add_argument("paths", nargs="+")
+    remove.set_defaults(func=run_remove)
+
+    info = sub.add_parser("info", help="print an index's manifest summary")
+    info.add_argument("index")
+    info.add_argument("--json", action="store_true", help="print the full manifest as JSON")
+    info.set_defaults(func=run_info)
+
+    merge = sub.add_parser("merge", help="merge shard indexes built alike (see `index build --like`)")
+    merge.add_argument("shards", nargs="+", help="shard index directories")
+    merge.add_argument("-o", "--output", required=True)
+    merge.set_defaults(func=run_merge)
+
+
+def _print_report(report, verb: str) -> int:
+    parts = [f"{report.added} items {verb}"]
+    if report.replaced:
+        parts.append(f"{report.replaced} changed photos re-embedded")
+    if report.unchanged:
+        parts.append(f"{report.unchanged} unchanged skipped")
+    if report.no_objects:
+        parts.append(f"{report.no_objects} photos without objects")
+    if report.failures:
+        parts.append(f"{len(report.failures)} photos failed")
+    print(", ".join(parts))
+    for failure in report.failures:
+        print(f"  failed: {failure}", file=sys.stderr)
+    return 1 if report.failures else 0
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from linedraw.retrieval.gallery import Encoding, build_index, parse_shard
+    from linedraw.retrieval.index import parse_size
+
+    shard = parse_shard(args.shard)
+    output = args.output
+    if shard[1] > 1:
+        output = f"{output.rstrip(os.sep)}.shard{shard[0]:03d}-of-{shard[1]:03d}"
+    if args.objects and not args.object_source:
+        print("error: --objects needs --object-source (boxes JSON or masks folder)", file=sys.stderr)
+        return 2
+    encoding = Encoding(args.embedder, None if args.raw else args.checkpoint, args.objects,
+                        os.path.abspath(args.object_source) if args.object_source else None,
+                        args.min_object_area)
+    try:
+        report = build_index(args.gallery, output, encoding, kind=args.kind, memory=parse_size(args.memory),
+                             on_disk=args.on_disk, like=args.like, shard=shard,
+                             device=args.device or default_device(), batch_size=args.batch_size,
+                             chunk_size=args.chunk_size, progress=not args.no_progress)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    code = _print_report(report, f"indexed in {output}")
+    return code
+
+
+def run_add(args: argparse.Namespace) -> int:
+    from linedraw.retrieval.gallery import add_to_index
+
+    try:
+        report = add_to_index(args.index, args.paths, device=args.device or default_device(),
+                              batch_size=args.batch_size, chunk_size=args.chunk_size, progress=not args.no_progress)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return _print_report(report, f"added to {args.index}")
+
+
+def run_remove(args: argparse.Namespace) -> int:
+    from linedraw.retrieval.gallery import remove_from_index
+
+    try:
+        removed, unmatched = remove_from_index(args.index, args.paths)
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{removed} items removed from {args.index}")
+    for path in unmatched:
+        print(f"  not in the index: {path}", file=sys.stderr)
+    return 1 if unmatched else 0
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from linedraw.retrieval.index import GalleryIndex, manifest_summary
+
+    try:
+        index = GalleryIndex.open(args.index)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    with index:
+        if args.json:
+            print(json.dumps(index.manifest, indent=2, sort_keys=True))
+            return 0
+        summary = manifest_summary(index.manifest)
+        photos = index.db.execute("SELECT COUNT(DISTINCT path) FROM items").fetchone()[0]
+        disk = sum(os.path.getsize(os.path.join(args.index, f)) for f in os.listdir(args.index))
+        summary.update(photos=photos, disk_bytes=disk)
+        width = max(map(len, summary))
+        for key, value in summary.items():
+            print(f"{key:<{width}}  {value}")
+    return 0
+
+
+def run_merge(args: argparse.Namespace) -> int:
+    from linedraw.retrieval.index import merge_indexes
+
+    try:
+        merged = merge_indexes(args.output, args.shards)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"merged {len(args.shards)} shards into {args.output}: {merged.count} items")
+    merged.close()
+    return 0

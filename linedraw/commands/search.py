@@ -1,0 +1,116 @@
+"""`linedraw search INDEX QUERY...`: rank the indexed photos for a sketch (or a photo, drawn first)."""
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import io
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `linedraw search`."""
+    parser = subparsers.add_parser(
+        "search", help="find indexed photos that match a sketch",
+        description="A query sketch (grey-level image) is embedded as is; a colour photo is first converted to "
+                    "a drawing with the index's checkpoint unless --raw. Scores are cosine similarities "
+                    "(approximate for IVF-PQ).")
+    parser.add_argument("index", help="index directory from `linedraw index build`")
+    parser.add_argument("queries", nargs="+", metavar="QUERY", help="sketch or photo files, folders or globs")
+    parser.add_argument("-k", type=int, default=10, help="results per query (default: 10)")
+    parser.add_argument("--raw", action="store_true", help="embed query photos as they are (no conversion)")
+    parser.add_argument("--json", action="store_true", help="print JSON lines: one object per query")
+    parser.add_argument("--html", metavar="OUT.html", help="also write a results page with thumbnails")
+    parser.add_argument("--nprobe", type=int, default=0, help="IVF cells to visit (default: the manifest's)")
+    parser.add_argument("--ef-search", type=int, default=0, help="HNSW search breadth (default: the manifest's)")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda, mps or cpu)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from linedraw.commands.index import default_device
+    from linedraw.images import ImageError, display_path, list_images, open_image
+    from linedraw.retrieval.gallery import Encoding, PhotoEncoder
+    from linedraw.retrieval.index import GalleryIndex, configure_search
+
+    try:
+        index = GalleryIndex.open(args.index)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    configure_search(index.index, args.nprobe, args.ef_search)
+    m = index.manifest
+    encoder = PhotoEncoder(Encoding(m["embedder"], m.get("checkpoint")), args.device or default_device())
+    results, failed = [], 0
+    for path, _ in list_images(args.queries):
+        try:
+            image = open_image(path, mode="RGB")
+        except ImageError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        scores, ids = index.search(encoder.query(image, raw=args.raw), args.k)
+        hits = []
+        for score, item in zip(scores[0].tolist(), index.items(ids[0])):
+            if item is not None:
+                hits.append({"path": item.path, "object": item.object, "box": item.box, "score": round(score, 4)})
+        results.append({"query": display_path(path), "results": hits})
+        if args.json:
+            print(json.dumps(results[-1]))
+        else:
+            print(display_path(path))
+            for rank, hit in enumerate(hits, 1):
+                obj = f"  [{hit['object']} {hit['box']}]" if hit["object"] else ""
+                print(f"  {rank:>3}  {hit['score']:.4f}  {display_path(hit['path'])}{obj}")
+    index.close()
+    if args.html:
+        write_html(results, args.html)
+        print(f"wrote {args.html}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _thumbnail(path: str, box=None, size: int = 160) -> str:
+    """A small JPEG of the photo (or its object box) as a data: URI; '' when it cannot be read any more."""
+    from linedraw.images import ImageError, open_image
+
+    try:
+        image = open_image(path, mode="RGB")
+    except ImageError:
+        return ""
+    if box:
+        image = image.crop(tuple(box))
+    image.thumbnail((size, size))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def write_html(results: list[dict], path: str) -> None:
+    """A self-contained results page: each query's thumbnail then its ranked hits; every name is escaped."""
+    from linedraw.images import display_path
+
+    rows = []
+    for result in results:
+        cells = [f'<figure class="query"><img src="{_thumbnail(result["query"])}" alt="">'
+                 f'<figcaption>{html.escape(result["query"])}</figcaption></figure>']
+        for rank, hit in enumerate(result["results"], 1):
+            label = os.path.basename(display_path(hit["path"])) + (f" [{hit['object']}]" if hit["object"] else "")
+            cells.append(f'<figure><img src="{_thumbnail(hit["path"], hit["box"])}" alt="" '
+                         f'title="{html.escape(display_path(hit["path"]), quote=True)}"><figcaption>{rank}. '
+                         f'{html.escape(label)}<br>{hit["score"]:.3f}</figcaption></figure>')
+        rows.append(f'<section>{"".join(cells)}</section>')
+    page = ("<!doctype html><meta charset='utf-8'><title>linedraw search</title><style>"
+            "section{display:flex;flex-wrap:wrap;gap:8px;margin:12px 0;border-bottom:1px solid #ccc}"
+            "figure{margin:0;width:170px;font:12px sans-serif;word-break:break-all}"
+            "figure.query{outline:2px solid #36c}img{max-width:160px;max-height:160px}</style>"
+            + "".join(rows))
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(page)
+    os.replace(tmp, target)

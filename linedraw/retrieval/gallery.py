@@ -1,0 +1,357 @@
+"""Photos -> drawings -> embeddings -> index directories: `build`, `add`, `remove`, resumable and atomic.
+
+Embedding is the slow part, so it checkpoints: photos are processed in chunks whose vectors and items are
+saved in a work area beside the index (`<INDEX>.work/`); a rerun of the same command skips finished chunks.
+Only when every chunk is done is the Faiss index trained/filled and published (see `index.py`).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from linedraw.images import ImageError, display_path, list_images, open_image
+from linedraw.retrieval.embed import Embedder, build_embedder
+from linedraw.retrieval.index import (
+    SHARD_ID_BITS, GalleryIndex, Item, create_faiss_index, empty_clone, plan_index,
+)
+from linedraw.retrieval.objects import ObjectSource, crop_object
+
+#: Training sample cap for IVF-PQ (faiss needs ~39-256 points per centroid; more only costs time).
+MAX_TRAIN_VECTORS = 500_000
+
+
+@dataclass
+class Encoding:
+    """How gallery photos become vectors; recorded in the manifest so queries are embedded the same way."""
+
+    embedder: str
+    checkpoint: str | None = None  # None: the raw photos are embedded (the baseline)
+    objects: str | None = None  # None, "boxes" or "masks"
+    object_source: str | None = None
+    min_object_area: float = 0.01
+
+
+@dataclass
+class Report:
+    """What a build/add did, for the command's summary line and exit code."""
+
+    added: int = 0
+    replaced: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    no_objects: int = 0
+    failures: list[str] = field(default_factory=list)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def looks_like_drawing(image: Image.Image, tolerance: int = 8) -> bool:
+    """True for single-channel images and RGB images whose channels agree (a scanned or digital sketch)."""
+    if image.mode in ("1", "L", "LA", "I", "I;16", "F"):
+        return True
+    array = np.asarray(image.convert("RGB"), dtype=np.int16)
+    spread = array.max(axis=2) - array.min(axis=2)
+    return bool(np.percentile(spread, 99) <= tolerance)
+
+
+class PhotoEncoder:
+    """Converts photos to drawings (unless `checkpoint` is None) and embeds them, in batches."""
+
+    def __init__(self, encoding: Encoding, device: str = "cpu", batch_size: int = 16,
+                 embedder: Embedder | None = None) -> None:
+        self.encoding = encoding
+        self.batch_size = batch_size
+        self.embedder = embedder or build_embedder(encoding.embedder, device)
+        self.device = device
+        self._converter = None
+        self.objects = None
+        if encoding.objects:
+            if not encoding.object_source:
+                raise ValueError(f"objects={encoding.objects!r} needs an object source (boxes JSON or masks folder)")
+            self.objects = ObjectSource(encoding.object_source, encoding.min_object_area)
+            if encoding.objects == "masks" and not self.objects.has_masks:
+                raise ValueError(f"{encoding.object_source}: masks mode needs a masks folder, not a boxes file")
+
+    @property
+    def converter(self):
+        """The photo-to-drawing Converter, loaded on first use (sketch queries never need it)."""
+        if self._converter is None and self.encoding.checkpoint is not None:
+            import linedraw
+
+            self._converter = linedraw.load(self.encoding.checkpoint, device=self.device, batch_size=self.batch_size)
+        return self._converter
+
+    def __call__(self, images: Sequence[Image.Image], convert: bool = True) -> np.ndarray:
+        """(N, dim) unit vectors for PIL images; photos are converted first when `convert` and a checkpoint."""
+        vectors = []
+        for start in range(0, len(images), self.batch_size):
+            batch = list(images[start:start + self.batch_size])
+            if convert and self.converter is not None:
+                batch = list(self.converter.batch(batch))
+            vectors.append(self.embedder.embed_pil(batch))
+        return np.concatenate(vectors) if vectors else np.zeros((0, self.embedder.dim), np.float32)
+
+    def query(self, image: Image.Image, raw: bool = False) -> np.ndarray:
+        """A search query: a sketch is embedded as is, a photo is converted first unless `raw`."""
+        return self([image], convert=not raw and not looks_like_drawing(image))
+
+
+# ----------------------------------------------------------------------------------------------- work area
+
+
+def _work_dir(index_dir: Path) -> Path:
+    return index_dir.with_name(index_dir.name + ".work")
+
+
+def _atomic_save(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _save_npy(path: str, array: np.ndarray) -> None:
+    with open(path, "wb") as handle:  # a file object, so numpy does not append ".npy" to the temp name
+        np.save(handle, array)
+
+
+def embed_photos(photos: Sequence[Path], work: Path, encoder: PhotoEncoder, settings: dict,
+                 chunk_size: int = 256, progress: bool = True) -> tuple[list[Path], list[str], int]:
+    """Embed `photos` into chunk files under `work`, skipping chunks a previous run finished.
+
+    Returns (chunk vector files in order, failure messages, photos without objects). `settings` identify
+    the run: a work area left by different settings or photos is cleared first.
+    """
+    identity = json.dumps({"settings": settings, "photos": [str(p) for p in photos]}, sort_keys=True)
+    digest = hashlib.sha256(identity.encode()).hexdigest()
+    plan_file = work / "plan.json"
+    if work.exists() and (not plan_file.is_file() or json.loads(plan_file.read_text()).get("digest") != digest):
+        tqdm.write(f"{display_path(work)}: left by a different run, starting over", file=sys.stderr)
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    if not plan_file.is_file():
+        _atomic_save(plan_file, lambda tmp: Path(tmp).write_text(json.dumps({"digest": digest, **settings})))
+    starts = range(0, len(photos), chunk_size)
+    done = sum((work / f"chunk-{i // chunk_size:06d}.json").is_file() for i in starts)
+    if done:
+        tqdm.write(f"resuming: {done} of {len(starts)} chunks already embedded in {display_path(work)}",
+                   file=sys.stderr)
+    bar = tqdm(total=len(photos), unit="photo", desc="embedding", disable=not progress,
+               initial=min(len(photos), done * chunk_size))
+    chunks, failures, no_objects = [], [], 0
+    for start in starts:
+        name = f"chunk-{start // chunk_size:06d}"
+        meta_file, vector_file = work / f"{name}.json", work / f"{name}.npy"
+        if not meta_file.is_file():
+            batch = photos[start:start + chunk_size]
+            vectors, items, errors, empty = _embed_chunk(batch, encoder, bar)
+            _atomic_save(vector_file, lambda tmp: _save_npy(tmp, vectors))
+            meta = {"items": [asdict(i) for i in items], "failures": errors, "no_objects": empty}
+            _atomic_save(meta_file, lambda tmp: Path(tmp).write_text(json.dumps(meta)))
+        meta = json.loads(meta_file.read_text())
+        failures += meta["failures"]
+        no_objects += meta["no_objects"]
+        chunks.append(vector_file)
+    bar.close()
+    return chunks, failures, no_objects
+
+
+def _embed_chunk(photos: Sequence[Path], encoder: PhotoEncoder, bar: tqdm):
+    encoding, source = encoder.encoding, encoder.objects
+    images, items, errors, empty = [], [], [], 0
+    for path in photos:
+        try:
+            stat = os.stat(path)
+            photo = open_image(path, mode="RGB")
+            sha = file_sha256(path)
+            base = Item(os.path.abspath(path), stat.st_size, stat.st_mtime, sha, *photo.size)
+            if source is None:
+                images.append(photo)
+                items.append(base)
+            else:
+                objects = source.objects(Path(path), photo.size)
+                empty += not objects
+                for obj in objects:
+                    images.append(crop_object(photo, obj, encoding.objects))
+                    items.append(Item(**{**asdict(base), "object": obj.name, "box": obj.box}))
+        except (ImageError, OSError) as exc:
+            message = str(exc) if isinstance(exc, ImageError) else f"{display_path(path)}: {exc}"
+            errors.append(message)
+            tqdm.write(f"skipped {message}", file=sys.stderr)
+        bar.update(1)
+    vectors = encoder(images) if images else np.zeros((0, encoder.embedder.dim), np.float32)
+    return vectors, items, errors, empty
+
+
+def _chunk_items(vector_file: Path) -> tuple[np.ndarray, list[Item]]:
+    meta = json.loads(vector_file.with_suffix(".json").read_text())
+    items = [Item(**{**i, "box": tuple(i["box"]) if i["box"] else None}) for i in meta["items"]]
+    return np.load(vector_file), items
+
+
+def _training_sample(chunks: Sequence[Path], total: int, limit: int = MAX_TRAIN_VECTORS) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    keep = min(1.0, limit / max(1, total))
+    parts = []
+    for chunk in chunks:
+        vectors = np.load(chunk)
+        parts.append(vectors[rng.random(len(vectors)) < keep] if keep < 1 else vectors)
+    return np.concatenate(parts)
+
+
+# ----------------------------------------------------------------------------------------------- commands
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """'I/N' -> (I, N); None -> the process rank and world size that `accelerate launch` / torchrun set."""
+    if text is None:
+        return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    index, _, count = text.partition("/")
+    try:
+        shard = (int(index), int(count))
+    except ValueError:
+        raise ValueError(f"--shard wants I/N (e.g. 0/8), got {text!r}") from None
+    if not 0 <= shard[0] < shard[1]:
+        raise ValueError(f"--shard {text}: need 0 <= I < N")
+    return shard
+
+
+def build_index(gallery: Iterable[str], output: str | os.PathLike, encoding: Encoding, *, kind: str = "auto",
+                memory: int = 8 << 30, on_disk: bool | None = None, like: str | None = None,
+                shard: tuple[int, int] = (0, 1), device: str = "cpu", batch_size: int = 16,
+                chunk_size: int = 256, progress: bool = True, encoder: PhotoEncoder | None = None) -> Report:
+    """Build a new index at `output` from the photos under `gallery` (replacing any index there).
+
+    `like` reuses another index's encoding and trained IVF-PQ quantizer (needed for shards that will be
+    merged); `shard=(i, n)` takes every n-th photo from the i-th and numbers items from `i << 40`.
+    """
+    output, gallery = Path(output), list(gallery)
+    template = GalleryIndex.open(like) if like else None
+    if template is not None:
+        m = template.manifest
+        encoding = Encoding(m["embedder"], m.get("checkpoint"), m.get("objects"), m.get("object_source"),
+                            m.get("min_object_area", 0.01))
+    photos = [p for p, _ in list_images(gallery)][shard[0]::shard[1]]
+    encoder = encoder or PhotoEncoder(encoding, device, batch_size)
+    work = _work_dir(output)
+    settings = {"encoding": asdict(encoding), "shard": list(shard)}
+    chunks, failures, no_objects = embed_photos(photos, work, encoder, settings, chunk_size, progress)
+    total = sum(len(np.load(c, mmap_mode="r")) for c in chunks)
+    dim = encoder.embedder.dim
+    if template is not None:
+        faiss_index = empty_clone(template.index)
+        manifest = {k: template.manifest[k] for k in ("kind", "factory", "nprobe", "ef_search", "on_disk")}
+        template.close()
+    else:
+        if total == 0:
+            raise ValueError(f"no photo could be indexed from {', '.join(map(str, gallery))}")
+        plan = plan_index(kind, total, dim, memory, on_disk)
+        faiss_index = create_faiss_index(plan, dim)
+        if not faiss_index.is_trained:
+            faiss_index.train(_training_sample(chunks, total))
+        manifest = asdict(plan)
+    manifest.update(asdict(encoding), dim=dim, embedder_name=encoder.embedder.name,
+                    next_id=shard[0] << SHARD_ID_BITS, shard=list(shard) if shard[1] > 1 else None)
+    index = GalleryIndex.create(output, manifest, faiss_index)
+    try:
+        for chunk in chunks:
+            vectors, items = _chunk_items(chunk)
+            index.add(vectors, items)
+        index.commit()
+    except BaseException:
+        index.discard()
+        raise
+    index.close()
+    shutil.rmtree(work, ignore_errors=True)
+    return Report(added=total, no_objects=no_objects, failures=failures)
+
+
+def add_to_index(index_dir: str | os.PathLike, paths: Iterable[str], *, device: str = "cpu",
+                 batch_size: int = 16, chunk_size: int = 256, progress: bool = True,
+                 encoder: PhotoEncoder | None = None) -> Report:
+    """Add new photos and re-embed changed ones (content hash differs); unchanged photos are skipped."""
+    index_dir = Path(index_dir)
+    current = GalleryIndex.open(index_dir)
+    m = current.manifest
+    encoding = Encoding(m["embedder"], m.get("checkpoint"), m.get("objects"), m.get("object_source"),
+                        m.get("min_object_area", 0.01))
+    report = Report()
+    todo, stale_ids, touched = [], [], []
+    for path, _ in list_images(paths):
+        absolute = os.path.abspath(path)
+        known = current.items_for_path(absolute)
+        if known:
+            try:
+                stat = os.stat(path)
+                same = (stat.st_size, stat.st_mtime) == (known[0].size, known[0].mtime)
+                if not same and file_sha256(path) == known[0].sha256:
+                    same = True
+                    touched.append((stat.st_mtime, absolute))
+            except OSError as exc:
+                report.failures.append(f"{display_path(path)}: {exc.strerror or exc}")
+                continue
+            if same:
+                report.unchanged += 1
+                continue
+            stale_ids += [i.id for i in known]
+            report.replaced += 1
+        todo.append(Path(path))
+    current.close()
+    if not todo and not touched:
+        return report
+    encoder = encoder or PhotoEncoder(encoding, device, batch_size)
+    work = _work_dir(index_dir)
+    chunks, failures, report.no_objects = embed_photos(todo, work, encoder, {"add": asdict(encoding)},
+                                                       chunk_size, progress)
+    report.failures += failures
+    with GalleryIndex.edit(index_dir) as index:
+        index.remove(stale_ids)
+        for chunk in chunks:
+            vectors, items = _chunk_items(chunk)
+            index.add(vectors, items)
+            report.added += len(items)
+        index.db.executemany("UPDATE items SET mtime = ? WHERE path = ?", touched)
+    shutil.rmtree(work, ignore_errors=True)
+    return report
+
+
+def remove_from_index(index_dir: str | os.PathLike, paths: Iterable[str]) -> tuple[int, list[str]]:
+    """Remove the items of photos (files, or every photo under a folder), present on disk or not.
+    Returns (items removed, the paths that matched nothing)."""
+    with GalleryIndex.edit(index_dir) as index:
+        ids, unmatched = [], []
+        for path in paths:
+            absolute = os.path.abspath(path)
+            rows = index.db.execute("SELECT id FROM items WHERE path = ? OR path LIKE ? ESCAPE '\\'",
+                                    (absolute, _like_prefix(absolute) + "%")).fetchall()
+            if not rows:
+                unmatched.append(path)
+            ids += [r[0] for r in rows]
+        removed = index.remove(ids)
+    return removed, unmatched
+
+
+def _like_prefix(directory: str) -> str:
+    escaped = directory.rstrip(os.sep).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped + os.sep
