@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
+
+from linedraw.images import write_atomic
 
 #: Environment variable listing extra directories of shipped checkpoints (searched first).
 ENV_VAR = "LINEDRAW_CHECKPOINTS"
@@ -79,8 +80,9 @@ def save_generator(model: nn.Module, path: str | os.PathLike, config: dict[str, 
     (training step, data, losses) is kept as is. `half=True` stores float16 weights (half the size; loading
     restores float32). Returns the weights path.
     """
+    from safetensors.torch import save
+
     from linedraw import __version__
-    from safetensors.torch import save_file
 
     if "model" not in config or "kwargs" not in config:
         raise ValueError("config must contain 'model' (registry name) and 'kwargs' (its constructor arguments)")
@@ -95,8 +97,8 @@ def save_generator(model: nn.Module, path: str | os.PathLike, config: dict[str, 
         stem = stem.with_suffix("")
     weights, config_path = stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
     text = json.dumps(config, indent=2, sort_keys=True) + "\n"
-    _atomic_write(weights, lambda tmp: save_file(state, tmp, metadata={METADATA_KEY: text, "format": "pt"}))
-    _atomic_write(config_path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    write_atomic(weights, lambda handle: handle.write(save(state, metadata={METADATA_KEY: text, "format": "pt"})))
+    write_atomic(config_path, lambda handle: handle.write(text.encode("utf-8")))
     return weights
 
 
@@ -191,16 +193,3 @@ def _check_architecture(state: dict[str, torch.Tensor], config: dict, where: str
             f"missing {missing[:3]}, unexpected {extra[:3]}, wrong shape {wrong[:3]}"
         )
     return model
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Call `write(temp_path)` for a temp file beside `path`, then rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

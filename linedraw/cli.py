@@ -12,6 +12,9 @@ import sys
 
 # Order here is the order in `linedraw --help`.
 COMMAND_MODULES: list[str] = [
+    "linedraw.commands.convert",
+    "linedraw.commands.models",
+    "linedraw.commands.export",
     "linedraw.commands.eval",
     "linedraw.commands.precompute",
     "linedraw.commands.index",

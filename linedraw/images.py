@@ -12,7 +12,7 @@ import struct
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Iterable, Union
+from typing import BinaryIO, Callable, Iterable, Union
 
 import numpy as np
 import torch
@@ -158,12 +158,21 @@ def save_image(image: Image.Image | torch.Tensor, path: PathLike, format: str | 
             raise ValueError(f"cannot tell the image format from {display_path(path_str)!r}; pass format=")
     if format.upper() in ("JPEG", "WEBP") and image.mode not in ("L", "RGB"):
         image = normalize_mode(image, "RGB")
+    write_atomic(path_str, lambda handle: image.save(handle, format=format, **options))
+
+
+def write_atomic(path: PathLike, write: Callable[[BinaryIO], object]) -> None:
+    """Call `write(handle)` on a temp file beside `path` (creating its folder), then rename it to `path`.
+
+    Readers see the old file or the complete new one, never a partial one; on error the temp file is removed.
+    """
+    path_str = os.fspath(path)
     directory = os.path.dirname(path_str) or "."
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path_str) + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
-            image.save(handle, format=format, **options)
+            write(handle)
         os.replace(tmp, path_str)
     except BaseException:
         try:

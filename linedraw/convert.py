@@ -1,0 +1,400 @@
+"""Converter: photos in, line drawings out, at any size, on any device.
+
+Each photo is resized (antialiased) so its short side is `size` (0 = native resolution), padded to what the
+generator needs (H, W multiples of 4, at least 16 px), run, cropped back, resized back to the photo's
+original size (line art is wanted at the size of the photo), then post-processed (line weight, threshold,
+invert). Photos over `max_pixels` at the processing size are run in overlapping tiles blended with a
+raised-cosine window; instance-norm statistics are computed over the whole image first, tile by tile, so a
+tiled result matches the untiled one away from the tile borders instead of changing tone from tile to tile.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image
+
+from linedraw.images import normalize_mode
+
+#: Short side, in pixels, photos are processed at unless told otherwise.
+DEFAULT_SIZE = 512
+#: Largest image (in pixels, at the processing size) run in one piece; larger ones are tiled.
+DEFAULT_MAX_PIXELS = 2048 * 2048
+#: Overlap of neighbouring tiles, in pixels at the processing size.
+DEFAULT_TILE_OVERLAP = 128
+#: The generator downsamples twice by 2, so inputs are padded to multiples of this...
+SIZE_MULTIPLE = 4
+#: ...and to at least this many pixels a side (reflection padding inside needs room at 1/4 scale).
+MIN_SIDE = 16
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """"auto" picks CUDA, then Apple MPS, then CPU; anything else is passed to `torch.device`."""
+    if str(device) != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def postprocess(
+    drawing: torch.Tensor, invert: bool = False, threshold: float | None = None, line_weight: int = 0
+) -> torch.Tensor:
+    """Line-art finishing on (B, 1, H, W) drawings in [0, 1] (dark lines on white).
+
+    `line_weight` > 0 thickens the dark lines by that many pixels a side (grey-scale erosion), < 0 thins them
+    (dilation; lines narrower than 2|n|+1 px vanish); `threshold` binarises (>= threshold becomes white);
+    `invert` gives white lines on black (what ControlNet expects).
+    """
+    if line_weight:
+        k = abs(int(line_weight))
+        if line_weight > 0:
+            drawing = -F.max_pool2d(-drawing, 2 * k + 1, stride=1, padding=k)
+        else:
+            drawing = F.max_pool2d(drawing, 2 * k + 1, stride=1, padding=k)
+    if threshold is not None:
+        drawing = (drawing >= threshold).to(drawing.dtype)
+    if invert:
+        drawing = 1.0 - drawing
+    return drawing
+
+
+class Converter:
+    """Turns PIL photos into PIL line drawings with a generator (G_A); see the module docstring.
+
+    `conv(image)` converts one photo, `conv.convert(images)` a list, `conv.batch(iterable)` streams;
+    `conv.to(device)` moves it. `half=True` runs in float16 (CUDA only).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config: dict[str, Any] | None = None,
+        *,
+        size: int = DEFAULT_SIZE,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        tile_overlap: int = DEFAULT_TILE_OVERLAP,
+        batch_size: int = 4,
+        device: str | torch.device = "auto",
+        half: bool = False,
+        channels_last: bool | None = None,
+        invert: bool = False,
+        threshold: float | None = None,
+        line_weight: int = 0,
+    ) -> None:
+        if size < 0:
+            raise ValueError(f"size must be >= 0 (0 = native resolution), got {size}")
+        if max_pixels < MIN_SIDE * MIN_SIDE:
+            raise ValueError(f"max_pixels must be at least {MIN_SIDE * MIN_SIDE}, got {max_pixels}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if threshold is not None and not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+        self.model = model.eval().requires_grad_(False)
+        self.config = dict(config or {})
+        self.size, self.max_pixels, self.batch_size = size, max_pixels, batch_size
+        self.tile_overlap = max(SIZE_MULTIPLE, tile_overlap // SIZE_MULTIPLE * SIZE_MULTIPLE)
+        self.half, self.channels_last = half, channels_last
+        self.invert, self.threshold, self.line_weight = invert, threshold, line_weight
+        self._norm_order: list[nn.Module] | None = None
+        self.device = torch.device("cpu")
+        self.to(device)
+
+    # ----------------------------------------------------------------------------------------- public API
+
+    def to(self, device: str | torch.device) -> "Converter":
+        """Move the generator to `device` ("auto", "cpu", "cuda", "cuda:1", "mps"); returns self."""
+        device = resolve_device(device)
+        if self.half and device.type != "cuda":
+            raise ValueError(f"half precision needs a CUDA device, not {device}")
+        self.model.to(device=device, dtype=torch.float16 if self.half else torch.float32)
+        use_cl = self.channels_last if self.channels_last is not None else device.type == "cuda"
+        self.model.to(memory_format=torch.channels_last if use_cl else torch.contiguous_format)
+        self._use_channels_last = use_cl
+        self.device = device
+        return self
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        """Convert one photo to a drawing ("L" mode, same size as the photo)."""
+        return self.convert([image])[0]
+
+    def batch(self, images: Iterable[Image.Image]) -> Iterator[Image.Image]:
+        """Convert a stream of photos `batch_size` at a time, yielding drawings in input order."""
+        chunk: list[Image.Image] = []
+        for image in images:
+            chunk.append(image)
+            if len(chunk) == self.batch_size:
+                yield from self.convert(chunk)
+                chunk = []
+        if chunk:
+            yield from self.convert(chunk)
+
+    def convert(self, images: Sequence[Image.Image | torch.Tensor]) -> list[Image.Image]:
+        """Convert a list of photos (PIL images of any mode, or (3, H, W) uint8/[0, 1] tensors) to "L" drawings.
+
+        Photos of equal shape share forward passes.
+        """
+        photos = [image if isinstance(image, torch.Tensor) else pil_to_uint8(image) for image in images]
+        drawings = self.convert_tensors(photos)
+        return [_tensor_to_pil(d) for d in drawings]
+
+    @torch.inference_mode()
+    def convert_tensors(self, photos: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """(3, H, W) photos (float in [0, 1] or uint8) -> (1, H, W) float drawings on the converter's device."""
+        prepared = [self._prepare(p) for p in photos]
+        outputs: list[torch.Tensor | None] = [None] * len(prepared)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for index, x in enumerate(prepared):
+            if x.shape[-2] * x.shape[-1] > self.max_pixels:
+                outputs[index] = self._run_tiled(x)
+            else:
+                groups.setdefault(tuple(_padded_shape(*x.shape[-2:])), []).append(index)
+        for indices in groups.values():
+            for start in range(0, len(indices), self.batch_size):
+                chunk = indices[start : start + self.batch_size]
+                batch = torch.stack([_pad(prepared[i]) for i in chunk])
+                result = self._forward(batch)
+                for i, drawing in zip(chunk, result):
+                    outputs[i] = drawing[:, : prepared[i].shape[-2], : prepared[i].shape[-1]]
+        return [self._finish(out, photo) for out, photo in zip(outputs, photos)]
+
+    # ----------------------------------------------------------------------------------------- steps
+
+    def _prepare(self, photo: torch.Tensor) -> torch.Tensor:
+        """To float [0, 1] on the device, resized so the short side is `size` (keeping the aspect ratio)."""
+        x = photo.to(self.device)
+        x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+        if x.ndim != 3 or x.shape[0] != 3:
+            raise ValueError(f"expected a (3, H, W) photo, got shape {tuple(x.shape)}")
+        target = _processing_shape(*x.shape[-2:], self.size)
+        if target != tuple(x.shape[-2:]):
+            x = _resize(x, target)
+        return x
+
+    def _finish(self, drawing: torch.Tensor, photo: torch.Tensor) -> torch.Tensor:
+        """Back to the photo's size, then line-art post-processing."""
+        drawing = drawing.float()
+        if drawing.shape[-2:] != photo.shape[-2:]:
+            drawing = _resize(drawing, tuple(photo.shape[-2:]))
+        drawing = postprocess(drawing[None], self.invert, self.threshold, self.line_weight)[0]
+        return drawing.clamp_(0.0, 1.0)
+
+    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.half:
+            batch = batch.half()
+        if self._use_channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return self.model(batch).float()
+
+    # ----------------------------------------------------------------------------------------- tiling
+
+    def _run_tiled(self, x: torch.Tensor) -> torch.Tensor:
+        """Run a (3, H, W) image over `max_pixels` as overlapping tiles with image-wide norm statistics."""
+        height, width = x.shape[-2:]
+        padded = _pad(x)
+        full_h, full_w = padded.shape[-2:]
+        tile_h, tile_w = _tile_shape(full_h, full_w, self.max_pixels)
+        overlap = min(self.tile_overlap, max(SIZE_MULTIPLE, min(tile_h, tile_w) // 2 // SIZE_MULTIPLE * SIZE_MULTIPLE - SIZE_MULTIPLE))
+        ys, xs = _starts(full_h, tile_h, overlap), _starts(full_w, tile_w, overlap)
+        core_y, core_x = _cores(ys, tile_h, full_h), _cores(xs, tile_w, full_w)
+        tiles = [(y, x0, cy, cx) for y, cy in zip(ys, core_y) for x0, cx in zip(xs, core_x)]
+
+        stats = self._tiled_norm_stats(padded, tiles, tile_h, tile_w)
+        out = torch.zeros(1, full_h, full_w, device=self.device)
+        weight_sum = torch.zeros(1, full_h, full_w, device=self.device)
+        handles = [norm.register_forward_hook(_fixed_stats_hook(*stats[norm])) for norm in stats]
+        try:
+            for start in range(0, len(tiles), self.batch_size):
+                chunk = tiles[start : start + self.batch_size]
+                batch = torch.stack([padded[:, y : y + tile_h, x0 : x0 + tile_w] for y, x0, _, _ in chunk])
+                for (y, x0, _, _), drawing in zip(chunk, self._forward(batch)):
+                    window = (_window(y, tile_h, ys)[:, None] * _window(x0, tile_w, xs)[None, :]).to(self.device)
+                    out[:, y : y + tile_h, x0 : x0 + tile_w] += drawing * window
+                    weight_sum[:, y : y + tile_h, x0 : x0 + tile_w] += window
+        finally:
+            for handle in handles:
+                handle.remove()
+        return (out / weight_sum)[:, :height, :width]
+
+    def _tiled_norm_stats(self, padded, tiles, tile_h, tile_w) -> dict[nn.Module, tuple[torch.Tensor, torch.Tensor]]:
+        """Per-channel mean/variance of every instance norm's input over the whole image.
+
+        Norm layers are resolved in execution order: for layer k, every tile is run up to layer k (earlier
+        layers already using whole-image statistics) and the moments of its core region are merged.
+        """
+        stats: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
+        for norm in self._instance_norms():
+            moments: list[tuple[float, torch.Tensor, torch.Tensor]] = []
+            for start in range(0, len(tiles), self.batch_size):
+                chunk = tiles[start : start + self.batch_size]
+                cores = [((cy[0] - y, cy[1] - y), (cx[0] - x0, cx[1] - x0)) for y, x0, cy, cx in chunk]
+                handles = [n.register_forward_hook(_fixed_stats_hook(*stats[n])) for n in stats]
+                handles.append(norm.register_forward_hook(_measure_hook(cores, (tile_h, tile_w), moments)))
+                batch = torch.stack([padded[:, y : y + tile_h, x0 : x0 + tile_w] for y, x0, _, _ in chunk])
+                try:
+                    self._forward(batch)
+                except _StopForward:
+                    pass
+                finally:
+                    for handle in handles:
+                        handle.remove()
+            stats[norm] = _merge_moments(moments, self.device)
+        return stats
+
+    def _instance_norms(self) -> list[nn.Module]:
+        """Instance norms that normalise with per-image statistics, in the order the forward pass runs them."""
+        if self._norm_order is None:
+            order: list[nn.Module] = []
+            norms = [
+                m for m in self.model.modules()
+                if isinstance(m, nn.modules.instancenorm._InstanceNorm) and not m.track_running_stats
+            ]
+            handles = [m.register_forward_pre_hook(lambda m, _: order.append(m)) for m in norms]
+            try:
+                dtype = torch.float16 if self.half else torch.float32
+                self.model(torch.zeros(1, 3, MIN_SIDE, MIN_SIDE, device=self.device, dtype=dtype))
+            finally:
+                for handle in handles:
+                    handle.remove()
+            self._norm_order = list(dict.fromkeys(order))
+        return self._norm_order
+
+
+class _StopForward(Exception):
+    """Raised by a measuring hook: the rest of the forward pass is not needed."""
+
+
+def _measure_hook(cores, tile_shape, moments):
+    """Record (count, mean, M2) per channel over each sample's core region, then stop the forward pass."""
+
+    def hook(module, inputs, output):
+        x = inputs[0].float()
+        scale_y, scale_x = tile_shape[0] // x.shape[-2], tile_shape[1] // x.shape[-1]
+        for sample, ((y0, y1), (x0, x1)) in zip(x, cores):
+            core = sample[:, y0 // scale_y : y1 // scale_y, x0 // scale_x : x1 // scale_x].flatten(1)
+            mean = core.mean(dim=1)
+            m2 = (core - mean[:, None]).pow(2).sum(dim=1)
+            moments.append((float(core.shape[1]), mean.double().cpu(), m2.double().cpu()))
+        raise _StopForward
+
+    return hook
+
+
+def _merge_moments(moments, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chan et al.'s parallel merge of per-tile (count, mean, M2) into a population mean and variance."""
+    count, mean, m2 = moments[0]
+    for n, m, s in moments[1:]:
+        delta = m - mean
+        total = count + n
+        mean = mean + delta * (n / total)
+        m2 = m2 + s + delta.pow(2) * (count * n / total)
+        count = total
+    return mean.float().to(device), (m2 / count).float().to(device)
+
+
+def _fixed_stats_hook(mean: torch.Tensor, var: torch.Tensor):
+    """Replace an instance norm's output by normalisation with the given (whole-image) statistics."""
+
+    def hook(module, inputs, output):
+        x = inputs[0]
+        y = (x.float() - mean[None, :, None, None]) * torch.rsqrt(var[None, :, None, None] + module.eps)
+        if module.affine:
+            y = y * module.weight.float()[None, :, None, None] + module.bias.float()[None, :, None, None]
+        return y.to(x.dtype)
+
+    return hook
+
+
+# --------------------------------------------------------------------------------------------- geometry
+
+
+def _processing_shape(height: int, width: int, size: int) -> tuple[int, int]:
+    """(H, W) with the short side scaled to `size` (0 keeps the shape)."""
+    if size == 0:
+        return height, width
+    scale = size / min(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def _padded_shape(height: int, width: int) -> tuple[int, int]:
+    def side(n: int) -> int:
+        return max(MIN_SIDE, math.ceil(n / SIZE_MULTIPLE) * SIZE_MULTIPLE)
+
+    return side(height), side(width)
+
+
+def _pad(x: torch.Tensor) -> torch.Tensor:
+    """Replicate-pad a (C, H, W) image at the bottom/right to `_padded_shape` (works down to 1x1)."""
+    height, width = x.shape[-2:]
+    target_h, target_w = _padded_shape(height, width)
+    if (target_h, target_w) == (height, width):
+        return x
+    return F.pad(x[None], (0, target_w - width, 0, target_h - height), mode="replicate")[0]
+
+
+def _resize(x: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """Antialiased bilinear resize of a (C, H, W) float image."""
+    return F.interpolate(x[None], size=shape, mode="bilinear", antialias=True, align_corners=False)[0]
+
+
+def _tile_shape(height: int, width: int, max_pixels: int) -> tuple[int, int]:
+    """The largest tile (multiples of 4, within the image) of at most `max_pixels`, as square as possible."""
+    side = max(MIN_SIDE, math.isqrt(max_pixels) // SIZE_MULTIPLE * SIZE_MULTIPLE)
+    tile_h = min(height, side)
+    tile_w = min(width, max(MIN_SIDE, max_pixels // tile_h // SIZE_MULTIPLE * SIZE_MULTIPLE))
+    if tile_w == width and tile_h < height:  # narrow image: spend the budget on height instead
+        tile_h = min(height, max(MIN_SIDE, max_pixels // tile_w // SIZE_MULTIPLE * SIZE_MULTIPLE))
+    return tile_h, tile_w
+
+
+def _starts(total: int, tile: int, overlap: int) -> list[int]:
+    """Tile offsets along one axis: stride `tile - overlap`, the last tile flush with the end."""
+    if tile >= total:
+        return [0]
+    stride = tile - overlap
+    starts = list(range(0, total - tile, stride))
+    return starts + [total - tile]
+
+
+def _cores(starts: list[int], tile: int, total: int) -> list[tuple[int, int]]:
+    """Split [0, total) among the tiles at the middle of each overlap (multiples of 4), one core per tile."""
+    bounds = [0]
+    for current, following in zip(starts, starts[1:]):
+        middle = (following + current + tile) // 2 // SIZE_MULTIPLE * SIZE_MULTIPLE
+        bounds.append(min(max(middle, following), current + tile))
+    bounds.append(total)
+    return list(zip(bounds, bounds[1:]))
+
+
+def _window(start: int, tile: int, starts: list[int]) -> torch.Tensor:
+    """1-D blending weight of one tile: 1 in the middle, raised-cosine ramps over the overlaps with neighbours."""
+    weight = torch.ones(tile, dtype=torch.float64)
+    index = starts.index(start)
+    ramp_positions = torch.arange(tile, dtype=torch.float64) + 0.5
+    if index > 0:
+        length = starts[index - 1] + tile - start
+        ramp = torch.sin(0.5 * math.pi * (ramp_positions[:length] / length)).pow(2)
+        weight[:length] = torch.minimum(weight[:length], ramp)
+    if index < len(starts) - 1:
+        length = start + tile - starts[index + 1]
+        ramp = torch.sin(0.5 * math.pi * (ramp_positions[:length] / length)).pow(2).flip(0)
+        weight[tile - length :] = torch.minimum(weight[tile - length :], ramp)
+    return weight.float()
+
+
+def pil_to_uint8(image: Image.Image) -> torch.Tensor:
+    """PIL photo -> (3, H, W) uint8 tensor (cheap to copy to a GPU; the converter scales it to [0, 1])."""
+    if image.mode != "RGB":
+        image = normalize_mode(image, "RGB")
+    return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
+
+
+def _tensor_to_pil(drawing: torch.Tensor) -> Image.Image:
+    array = drawing.mul(255.0).round_().to(torch.uint8).cpu().numpy()[0]
+    return Image.fromarray(array, mode="L")
