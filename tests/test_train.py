@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -77,6 +79,29 @@ def test_resume_continues_exactly(tiny, tmp_path):
         torch.testing.assert_close(resumed[k], straight[k], rtol=0, atol=1e-6, msg=k)
     steps = [json.loads(line)["step"] for line in (split_out / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]
+
+
+def test_sigterm_saves_a_checkpoint_and_the_rerun_resumes(tiny):
+    """A scheduler's SIGTERM to the whole process group (workers included) stops cleanly with a checkpoint."""
+    config, out = tiny
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.Popen([sys.executable, str(TRAIN), "--config", str(config), "optim.max_steps=1000",
+                             "optim.epochs=1000", "optim.decay_epoch=1000", "data.workers=1",
+                             "log.save_every=1000"], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 120
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    step = int((out / "checkpoints" / "latest").read_text().strip().split("_")[1])
+    assert step >= 2
+    proc = run_train(config, f"optim.max_steps={step + 1}", "optim.epochs=1000", "optim.decay_epoch=1000")
+    assert f"at step {step}" in proc.stderr
+    assert (out / "checkpoints" / "latest").read_text().strip() == f"step_{step + 1:08d}"
 
 
 def test_disabled_losses_build_no_teacher(tiny):

@@ -60,6 +60,12 @@ def init_weights(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
+def ignore_stop_signals(_worker_id: int) -> None:
+    """DataLoader workers ignore SIGINT/SIGTERM: the main process saves a checkpoint, then shuts them down."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def lr_factor(step: int, total_steps: int, decay_start: int) -> float:
     """Constant learning rate, then linear decay to 0 from `decay_start` to `total_steps` (the paper's schedule)."""
     if step < decay_start:
@@ -119,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     sampler = EpochSampler(len(dataset.photos), len(dataset.drawings), seed=cfg.seed)
     loader = DataLoader(dataset, batch_size=cfg.optim.batch_size, sampler=sampler, drop_last=True,
                         num_workers=cfg.data.workers, persistent_workers=cfg.data.workers > 0,
-                        pin_memory=torch.cuda.is_available())
+                        pin_memory=torch.cuda.is_available(), worker_init_fn=ignore_stop_signals)
     log.info("data: %d photos (%d with masks, %d with target maps), %d drawings",
              len(dataset.photos), sum(p.mask is not None for p in dataset.photos),
              sum(p.target is not None for p in dataset.photos), len(dataset.drawings))
@@ -151,13 +157,14 @@ def main(argv: list[str] | None = None) -> int:
 
         features = FeatureExtractor(cfg.geometry.backbone, cfg.geometry.backbone_weights,
                                     tuple(cfg.geometry.out_indices)).to(accelerator.device)
-        head = create_model("geometry_head", in_channels=features.channels, out_channels=1,
-                            width=cfg.geometry.head_width)
         if cfg.geometry.head_init:
-            from safetensors.torch import load_file
+            from linedraw.models.geometry import GeometryHead
 
-            head.load_state_dict(load_file(cfg.geometry.head_init))
+            head = GeometryHead.from_safetensors(cfg.geometry.head_init, in_channels=features.channels)
             log.info("geometry head initialised from %s", cfg.geometry.head_init)
+        else:
+            head = create_model("geometry_head", in_channels=features.channels, out_channels=1,
+                                width=cfg.geometry.head_width)
         if cfg.geometry.estimator:
             from linedraw.teachers.targets import build_estimator
 
@@ -205,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     segmentation_loss = SegmentationLoss(unet, ignore_index=cfg.segmentation.ignore_index) \
         if unet is not None else None
 
-    pool_A, pool_B = ImagePool(m.pool_size), ImagePool(m.pool_size)
+    pool_A, pool_B = ImagePool(m.pool_size, seed=cfg.seed), ImagePool(m.pool_size, seed=cfg.seed + 1)
     state = TrainState()
     for obj in (state, pool_A, pool_B):
         accelerator.register_for_checkpointing(obj)
