@@ -222,7 +222,9 @@ class Converter:
                 handle.remove()
         return (out / weight_sum)[:, :height, :width]
 
-    def _tiled_norm_stats(self, padded, tiles, tile_h, tile_w) -> dict[nn.Module, tuple[torch.Tensor, torch.Tensor]]:
+    def _tiled_norm_stats(
+        self, padded: torch.Tensor, tiles: list[tuple], tile_h: int, tile_w: int
+    ) -> dict[nn.Module, tuple[torch.Tensor, torch.Tensor]]:
         """Per-channel mean/variance of every instance norm's input over the whole image.
 
         Norm layers are resolved in execution order: for layer k, every tile is run up to layer k (earlier

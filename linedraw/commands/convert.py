@@ -237,16 +237,22 @@ def _chunks(iterable: Iterable, size: int) -> Iterator[list]:
 
 
 def _process_share(device: str) -> tuple[int, int, str, bool]:
-    """(rank, world size, device, show progress): under `accelerate launch` with several processes each
-    takes its slice of the work on its own device; otherwise the whole job runs here."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return 0, 1, device, True
-    from accelerate import PartialState
+    """(rank, world size, device, show progress) from the variables `accelerate launch` / torchrun set.
 
-    state = PartialState()
-    return state.process_index, state.num_processes, str(state.device) if device == "auto" else device, (
-        state.is_local_main_process
-    )
+    Converting needs no communication between processes, so no process group is started: each process
+    takes every WORLD_SIZE-th file from RANK on, and "auto" becomes its local GPU (LOCAL_RANK) when CUDA is
+    there. Only each machine's first process shows a progress bar.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, device, True
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "auto":
+        import torch
+
+        if torch.cuda.is_available():
+            device = f"cuda:{local_rank % torch.cuda.device_count()}"
+    return rank, world, device, local_rank == 0
 
 
 def _same_file(source: Path, target: Path) -> bool:
