@@ -55,7 +55,7 @@ def test_parse_size_and_auto_kind():
     assert choose_kind(1_000_000, 512, 8 << 30) == "hnsw"
     assert choose_kind(100_000_000, 512, 8 << 30) == "ivfpq"
     big = plan_index("auto", 50_000_000, 512, 2 << 30)
-    assert big.factory == "IVF262144_HNSW32,PQ64x8" and big.on_disk  # 50M x 72 B > 2 GiB
+    assert big.factory == "IVF262144_HNSW32,PQ64x8np" and big.on_disk  # 50M x 72 B > 2 GiB
     assert plan_index("auto", 200_000_000, 512, 64 << 30).factory.startswith("IVF1048576_HNSW32,")
     assert not plan_index("ivfpq", 1_000_000, 512, 8 << 30).on_disk
 

@@ -40,7 +40,7 @@ def register(eval_subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from linedraw.commands.index import default_device
     from linedraw.retrieval.evaluate import embed_queries, evaluate, format_table
-    from linedraw.retrieval.gallery import Encoding, PhotoEncoder, build_index
+    from linedraw.retrieval.gallery import Encoding, PhotoEncoder, build_index, encoding_of
     from linedraw.retrieval.index import GalleryIndex
 
     device = args.device or default_device()
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     m = index.manifest
-    drawing_encoder = PhotoEncoder(Encoding(m["embedder"], m.get("checkpoint")), device, args.batch_size)
+    drawing_encoder = PhotoEncoder(encoding_of(m), device, args.batch_size)
     try:
         queries = embed_queries(args.queries, drawing_encoder, args.batch_size, not args.no_progress)
     except FileNotFoundError as exc:

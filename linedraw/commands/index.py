@@ -57,6 +57,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="index each object: crop to its box (boxes) or also whiten outside its mask (masks)")
     build.add_argument("--object-source", help="COCO-style boxes JSON, or a folder of <stem>.png label masks")
     build.add_argument("--min-object-area", type=float, default=0.01, help="smallest object, share of the photo")
+    build.add_argument("--draw-size", type=int, default=256,
+                       help="short side photos are drawn at before embedding (default: 256)")
     build.add_argument("--like", help="copy encoding and trained IVF-PQ quantizer from this index (for shards)")
     build.add_argument("--shard", help="I/N: index every N-th photo from the I-th (default under accelerate "
                                        "launch: this process's rank / world size)")
@@ -114,7 +116,7 @@ def run_build(args: argparse.Namespace) -> int:
         return 2
     encoding = Encoding(args.embedder, None if args.raw else args.checkpoint, args.objects,
                         os.path.abspath(args.object_source) if args.object_source else None,
-                        args.min_object_area)
+                        args.min_object_area, args.draw_size)
     try:
         report = build_index(args.gallery, output, encoding, kind=args.kind, memory=parse_size(args.memory),
                              on_disk=args.on_disk, like=args.like, shard=shard,

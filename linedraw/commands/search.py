@@ -34,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from linedraw.commands.index import default_device
     from linedraw.images import ImageError, display_path, list_images, open_image
-    from linedraw.retrieval.gallery import Encoding, PhotoEncoder
+    from linedraw.retrieval.gallery import PhotoEncoder, encoding_of
     from linedraw.retrieval.index import GalleryIndex, configure_search
 
     try:
@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     configure_search(index.index, args.nprobe, args.ef_search)
     m = index.manifest
-    encoder = PhotoEncoder(Encoding(m["embedder"], m.get("checkpoint")), args.device or default_device())
+    encoder = PhotoEncoder(encoding_of(m), args.device or default_device())
     results, failed = [], 0
     for path, _ in list_images(args.queries):
         try:

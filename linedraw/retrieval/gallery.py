@@ -40,6 +40,12 @@ class Encoding:
     objects: str | None = None  # None, "boxes" or "masks"
     object_source: str | None = None
     min_object_area: float = 0.01
+    draw_size: int = 256  # short side photos are drawn at (the embedder sees ~224 px anyway)
+
+
+def encoding_of(manifest: dict) -> Encoding:
+    """The Encoding an index was built with, from its manifest."""
+    return Encoding(**{k: manifest[k] for k in Encoding.__dataclass_fields__ if k in manifest})
 
 
 @dataclass
@@ -95,7 +101,8 @@ class PhotoEncoder:
         if self._converter is None and self.encoding.checkpoint is not None:
             import linedraw
 
-            self._converter = linedraw.load(self.encoding.checkpoint, device=self.device, batch_size=self.batch_size)
+            self._converter = linedraw.load(self.encoding.checkpoint, device=self.device,
+                                            batch_size=self.batch_size, size=self.encoding.draw_size)
         return self._converter
 
     def __call__(self, images: Sequence[Image.Image], convert: bool = True) -> np.ndarray:
@@ -178,14 +185,23 @@ def embed_photos(photos: Sequence[Path], work: Path, encoder: PhotoEncoder, sett
 
 
 def _embed_chunk(photos: Sequence[Path], encoder: PhotoEncoder, bar: tqdm):
+    """Read, crop, convert and embed `photos` a batch at a time; returns (vectors, items, errors, no_objects)."""
     encoding, source = encoder.encoding, encoder.objects
-    images, items, errors, empty = [], [], [], 0
+    vectors, items, errors, empty = [], [], [], 0
+    images, pending = [], 0
+
+    def flush() -> None:
+        nonlocal images, pending
+        if images:
+            vectors.append(encoder(images))
+        bar.update(pending)
+        images, pending = [], 0
+
     for path in photos:
         try:
             stat = os.stat(path)
             photo = open_image(path, mode="RGB")
-            sha = file_sha256(path)
-            base = Item(os.path.abspath(path), stat.st_size, stat.st_mtime, sha, *photo.size)
+            base = Item(os.path.abspath(path), stat.st_size, stat.st_mtime, file_sha256(path), *photo.size)
             if source is None:
                 images.append(photo)
                 items.append(base)
@@ -199,9 +215,12 @@ def _embed_chunk(photos: Sequence[Path], encoder: PhotoEncoder, bar: tqdm):
             message = str(exc) if isinstance(exc, ImageError) else f"{display_path(path)}: {exc}"
             errors.append(message)
             tqdm.write(f"skipped {message}", file=sys.stderr)
-        bar.update(1)
-    vectors = encoder(images) if images else np.zeros((0, encoder.embedder.dim), np.float32)
-    return vectors, items, errors, empty
+        pending += 1
+        if len(images) >= encoder.batch_size:
+            flush()
+    flush()
+    dim = encoder.embedder.dim
+    return (np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32)), items, errors, empty
 
 
 def _chunk_items(vector_file: Path) -> tuple[np.ndarray, list[Item]]:
@@ -250,8 +269,7 @@ def build_index(gallery: Iterable[str], output: str | os.PathLike, encoding: Enc
     template = GalleryIndex.open(like) if like else None
     if template is not None:
         m = template.manifest
-        encoding = Encoding(m["embedder"], m.get("checkpoint"), m.get("objects"), m.get("object_source"),
-                            m.get("min_object_area", 0.01))
+        encoding = encoding_of(m)
     photos = [p for p, _ in list_images(gallery)][shard[0]::shard[1]]
     encoder = encoder or PhotoEncoder(encoding, device, batch_size)
     work = _work_dir(output)
@@ -294,8 +312,7 @@ def add_to_index(index_dir: str | os.PathLike, paths: Iterable[str], *, device: 
     index_dir = Path(index_dir)
     current = GalleryIndex.open(index_dir)
     m = current.manifest
-    encoding = Encoding(m["embedder"], m.get("checkpoint"), m.get("objects"), m.get("object_source"),
-                        m.get("min_object_area", 0.01))
+    encoding = encoding_of(m)
     report = Report()
     todo, stale_ids, touched = [], [], []
     for path, _ in list_images(paths):

@@ -146,7 +146,8 @@ def plan_index(kind: str, count: int, dim: int, memory: int, on_disk: bool | Non
     if on_disk is None:
         on_disk = count * bytes_per_vector("ivfpq", dim, m) > memory
     nprobe = min(nlist, max(8, min(128, nlist // 32)))
-    return IndexPlan("ivfpq", f"IVF{nlist}{quantizer},PQ{m}x{nbits}", nprobe=nprobe, on_disk=on_disk)
+    # "np": no polysemous training (it only serves Hamming pre-filtering, which we do not use, and is slow).
+    return IndexPlan("ivfpq", f"IVF{nlist}{quantizer},PQ{m}x{nbits}np", nprobe=nprobe, on_disk=on_disk)
 
 
 def create_faiss_index(plan: IndexPlan, dim: int) -> faiss.Index:
