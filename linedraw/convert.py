@@ -20,7 +20,7 @@ from PIL import Image
 
 from linedraw.images import normalize_mode
 
-#: Short side, in pixels, photos are processed at unless told otherwise.
+#: Short side, in pixels, photos are processed at unless told otherwise or the checkpoint recommends another.
 DEFAULT_SIZE = 512
 #: Largest image (in pixels, at the processing size) run in one piece; larger ones are tiled.
 DEFAULT_MAX_PIXELS = 2048 * 2048
@@ -77,7 +77,7 @@ class Converter:
         model: nn.Module,
         config: dict[str, Any] | None = None,
         *,
-        size: int = DEFAULT_SIZE,
+        size: int | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         tile_overlap: int = DEFAULT_TILE_OVERLAP,
         batch_size: int = 4,
@@ -88,6 +88,8 @@ class Converter:
         threshold: float | None = None,
         line_weight: int = 0,
     ) -> None:
+        if size is None:  # the checkpoint's own recommendation (the scale it was trained at), else the default
+            size = int((config or {}).get("inference", {}).get("size", DEFAULT_SIZE))
         if size < 0:
             raise ValueError(f"size must be >= 0 (0 = native resolution), got {size}")
         if max_pixels < MIN_SIDE * MIN_SIDE:

@@ -310,3 +310,13 @@ def test_models_command_lists_cards(tmp_path, monkeypatch, checkpoint, capsys):
     out = capsys.readouterr().out
     assert "tiny" in out and "Tiny test generator" in out
     checkpoint.with_suffix(".md").unlink()
+
+
+def test_checkpoint_recommended_size_is_the_default_and_an_explicit_size_wins():
+    from linedraw.convert import DEFAULT_SIZE, Converter
+    from linedraw.models import create_model
+
+    model = create_model("resnet_generator", in_channels=3, out_channels=1, ngf=4, n_blocks=1)
+    assert Converter(model, {}, device="cpu").size == DEFAULT_SIZE
+    assert Converter(model, {"inference": {"size": 192}}, device="cpu").size == 192
+    assert Converter(model, {"inference": {"size": 192}}, size=64, device="cpu").size == 64

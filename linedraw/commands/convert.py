@@ -38,7 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "output directory (default: contour)",
     )
     parser.add_argument("--size", type=int, default=None, metavar="N",
-                        help="short side to process at, keeping the aspect ratio; 0 = native (default: 512)")
+                        help="short side to process at, keeping the aspect ratio; 0 = native (default: the size the "
+                        "checkpoint recommends in its JSON `inference.size`, else 512)")
     parser.add_argument("--max-pixels", type=int, default=None, metavar="N",
                         help="largest image run in one piece at the processing size; larger ones are run in "
                         "overlapping, seamlessly blended tiles (default: 4194304 = 2048x2048)")
