@@ -16,6 +16,7 @@ COMMAND_MODULES: list[str] = [
     "linedraw.commands.models",
     "linedraw.commands.export",
     "linedraw.commands.eval",
+    "linedraw.commands.study",
     "linedraw.commands.precompute",
     "linedraw.commands.index",
     "linedraw.commands.search",
