@@ -5,7 +5,8 @@ import argparse
 import importlib
 
 # Each module exposes `register(eval_subparsers)` and sets `func` on its parser.
-EVAL_MODULES: list[str] = ["linedraw.commands.eval_retrieval"]
+EVAL_MODULES: list[str] = ["linedraw.commands.eval_retrieval", "linedraw.commands.eval_clip",
+                           "linedraw.commands.eval_edges", "linedraw.commands.eval_compare"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
