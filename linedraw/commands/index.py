@@ -125,8 +125,7 @@ def run_build(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    code = _print_report(report, f"indexed in {output}")
-    return code
+    return _print_report(report, f"indexed in {output}")
 
 
 def run_add(args: argparse.Namespace) -> int:

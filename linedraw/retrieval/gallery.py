@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
+import faiss
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
@@ -27,7 +28,7 @@ from linedraw.retrieval.index import (
 )
 from linedraw.retrieval.objects import ObjectSource, crop_object
 
-#: Training sample cap for IVF-PQ (faiss needs ~39-256 points per centroid; more only costs time).
+#: Training sample floor for IVF-PQ (faiss needs ~39-256 points per centroid; more only costs time).
 MAX_TRAIN_VECTORS = 500_000
 
 
@@ -286,8 +287,9 @@ def build_index(gallery: Iterable[str], output: str | os.PathLike, encoding: Enc
             raise ValueError(f"no photo could be indexed from {', '.join(map(str, gallery))}")
         plan = plan_index(kind, total, dim, memory, on_disk)
         faiss_index = create_faiss_index(plan, dim)
-        if not faiss_index.is_trained:
-            faiss_index.train(_training_sample(chunks, total))
+        if not faiss_index.is_trained:  # IVF-PQ: 64 points per cell are plenty, 500k at least if available
+            cells = faiss.extract_index_ivf(faiss_index).nlist
+            faiss_index.train(_training_sample(chunks, total, max(MAX_TRAIN_VECTORS, 64 * cells)))
         manifest = asdict(plan)
     manifest.update(asdict(encoding), dim=dim, embedder_name=encoder.embedder.name,
                     next_id=shard[0] << SHARD_ID_BITS, shard=list(shard) if shard[1] > 1 else None)

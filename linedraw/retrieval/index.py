@@ -471,7 +471,7 @@ def publish(work: Path, target: Path) -> None:
 
 def recover(target: Path) -> None:
     """After a crash mid-publish `target` may be missing while its previous version sits in `.NAME.old-*`:
-    put it back. Stale temporary copies are left for `publish`'s next run to ignore."""
+    put it back. (Unpublished `.NAME.tmp-*` copies of a crashed writer are never read; delete them at will.)"""
     if target.exists():
         for old in glob.glob(str(target.parent / f".{target.name}.old-*")):
             shutil.rmtree(old, ignore_errors=True)
