@@ -20,6 +20,7 @@ COMMAND_MODULES: list[str] = [
     "linedraw.commands.precompute",
     "linedraw.commands.index",
     "linedraw.commands.search",
+    "linedraw.commands.retrieval",
 ]
 
 
