@@ -165,6 +165,7 @@ def write_atomic(path: PathLike, write: Callable[[BinaryIO], object]) -> None:
     """Call `write(handle)` on a temp file beside `path` (creating its folder), then rename it to `path`.
 
     Readers see the old file or the complete new one, never a partial one; on error the temp file is removed.
+    The file gets the usual permissions (0666 minus the umask), not mkstemp's private 0600.
     """
     path_str = os.fspath(path)
     directory = os.path.dirname(path_str) or "."
@@ -173,6 +174,7 @@ def write_atomic(path: PathLike, write: Callable[[BinaryIO], object]) -> None:
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path_str)
     except BaseException:
         try:
@@ -180,6 +182,12 @@ def write_atomic(path: PathLike, write: Callable[[BinaryIO], object]) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def list_images(inputs: Iterable[PathLike]) -> list[tuple[Path, Path]]:

@@ -208,3 +208,17 @@ def test_list_images_dirs_globs_files(tmp_path):
 
     explicit = list_images([tmp_path / "sub" / "notes.txt", tmp_path / "nope.png", tmp_path / "a.jpg", tmp_path])
     assert [str(r) for _, r in explicit] == ["notes.txt", "nope.png", "a.jpg", "sub/b.png", "sub/deeper/c.JPEG"]
+
+
+def test_atomic_writes_get_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    from linedraw.images import write_atomic
+
+    old = os.umask(0o022)
+    try:
+        write_atomic(tmp_path / "x.bin", lambda h: h.write(b"1"))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "x.bin").stat().st_mode) == 0o644
