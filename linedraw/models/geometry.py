@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -50,19 +49,12 @@ class GeometryHead(nn.Module):
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the weights to a safetensors file atomically (temp file in the same folder + rename)."""
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-            save_file(state, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        from linedraw.images import write_atomic
+
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        write_atomic(path, lambda handle: handle.write(save(state)))
 
     @classmethod
     def from_safetensors(
