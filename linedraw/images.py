@@ -184,6 +184,11 @@ def write_atomic(path: PathLike, write: Callable[[BinaryIO], object]) -> None:
         raise
 
 
+def write_text_atomic(path: PathLike, text: str) -> None:
+    """Write UTF-8 `text` to `path` atomically (see `write_atomic`)."""
+    write_atomic(path, lambda handle: handle.write(text.encode("utf-8")))
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

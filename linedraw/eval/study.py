@@ -15,13 +15,13 @@ import itertools
 import json
 import os
 import random
-import tempfile
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from linedraw.eval.stats import binomial_test, wilson_interval
+from linedraw.images import write_text_atomic
 
 DEFAULT_QUESTION = "Which line drawing represents the original photo in more detail and more realistically?"
 TRIAL_COLUMNS = ["study_id", "trial_id", "kind", "tag", "photo", "left_method", "right_method", "left_drawing",
@@ -195,10 +195,7 @@ def _trials_csv(trials: Iterable[Trial]) -> str:
 
 
 def _write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
+    write_text_atomic(path, text)
 
 
 # ---- analysis -------------------------------------------------------------------------------------------
