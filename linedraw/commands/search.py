@@ -8,8 +8,6 @@ import io
 import json
 import os
 import sys
-import tempfile
-from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -108,9 +106,6 @@ def write_html(results: list[dict], path: str) -> None:
             "figure{margin:0;width:170px;font:12px sans-serif;word-break:break-all}"
             "figure.query{outline:2px solid #36c}img{max-width:160px;max-height:160px}</style>"
             + "".join(rows))
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(page)
-    os.replace(tmp, target)
+    from linedraw.images import write_text_atomic
+
+    write_text_atomic(path, page)
