@@ -167,13 +167,22 @@ def write_atomic(path: PathLike, write: Callable[[BinaryIO], object]) -> None:
     Readers see the old file or the complete new one, never a partial one; on error the temp file is removed.
     The file gets the usual permissions (0666 minus the umask), not mkstemp's private 0600.
     """
+    def via_handle(tmp: str) -> None:
+        with open(tmp, "wb") as handle:
+            write(handle)
+
+    write_atomic_path(path, via_handle)
+
+
+def write_atomic_path(path: PathLike, write: Callable[[str], object]) -> None:
+    """Like `write_atomic`, for writers that want a file name (Faiss, numpy, safetensors): `write(temp_path)`."""
     path_str = os.fspath(path)
     directory = os.path.dirname(path_str) or "."
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path_str) + ".", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
+        write(tmp)
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path_str)
     except BaseException:

@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -21,6 +20,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from linedraw.images import write_atomic_path
 from linedraw.images import ImageError, display_path, list_images, open_image
 from linedraw.retrieval.embed import Embedder, build_embedder
 from linedraw.retrieval.index import (
@@ -128,15 +128,6 @@ def _work_dir(index_dir: Path) -> Path:
     return index_dir.with_name(index_dir.name + ".work")
 
 
-def _atomic_save(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _save_npy(path: str, array: np.ndarray) -> None:
@@ -159,7 +150,7 @@ def embed_photos(photos: Sequence[Path], work: Path, encoder: PhotoEncoder, sett
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
     if not plan_file.is_file():
-        _atomic_save(plan_file, lambda tmp: Path(tmp).write_text(json.dumps({"digest": digest, **settings})))
+        write_atomic_path(plan_file, lambda tmp: Path(tmp).write_text(json.dumps({"digest": digest, **settings})))
     starts = range(0, len(photos), chunk_size)
     done = sum((work / f"chunk-{i // chunk_size:06d}.json").is_file() for i in starts)
     if done:
@@ -174,9 +165,9 @@ def embed_photos(photos: Sequence[Path], work: Path, encoder: PhotoEncoder, sett
         if not meta_file.is_file():
             batch = photos[start:start + chunk_size]
             vectors, items, errors, empty = _embed_chunk(batch, encoder, bar)
-            _atomic_save(vector_file, lambda tmp: _save_npy(tmp, vectors))
+            write_atomic_path(vector_file, lambda tmp: _save_npy(tmp, vectors))
             meta = {"items": [asdict(i) for i in items], "failures": errors, "no_objects": empty}
-            _atomic_save(meta_file, lambda tmp: Path(tmp).write_text(json.dumps(meta)))
+            write_atomic_path(meta_file, lambda tmp: Path(tmp).write_text(json.dumps(meta)))
         meta = json.loads(meta_file.read_text())
         failures += meta["failures"]
         no_objects += meta["no_objects"]

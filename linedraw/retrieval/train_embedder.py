@@ -15,13 +15,13 @@ import json
 import os
 import re
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
+from linedraw.images import write_atomic_path
 from linedraw.retrieval.augment import augment
 from linedraw.retrieval.losses import retrieval_loss
 from linedraw.retrieval.trained import TrainedEmbedder, build_trained_embedder, save_trained_embedder
@@ -224,19 +224,10 @@ def cached_feature_bank(model: TrainedEmbedder, images: LabeledImages, lines: bo
                 return load_file(str(path))["features"]
     bank = compute_feature_bank(model, images, lines, config.views, config.seed, config.batch_size, device,
                                 f"base features ({name})")
-    _atomic(path, lambda tmp: save_file({"features": bank.contiguous()}, tmp, metadata={"key": key}))
+    write_atomic_path(path, lambda tmp: save_file({"features": bank.contiguous()}, tmp, metadata={"key": key}))
     return bank
 
 
-def _atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _trainable_state(model: TrainedEmbedder) -> dict[str, torch.Tensor]:
@@ -349,7 +340,7 @@ def _save_resume(path: Path, model: TrainedEmbedder, optimizer, scheduler, step:
                  config: EmbedderTrainConfig) -> None:
     state = {"trainable": _trainable_state(model), "optimizer": optimizer.state_dict(),
              "scheduler": scheduler.state_dict(), "step": step, "config": json.dumps(dataclasses.asdict(config))}
-    _atomic(path, lambda tmp: torch.save(state, tmp))
+    write_atomic_path(path, lambda tmp: torch.save(state, tmp))
 
 
 def _cosine_with_warmup(step: int, total: int) -> float:

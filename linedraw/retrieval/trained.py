@@ -9,7 +9,6 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
@@ -17,6 +16,8 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from linedraw.images import write_atomic_path
 
 WEIGHTS_FILE = "embedder.safetensors"
 CONFIG_FILE = "embedder.json"
@@ -144,16 +145,6 @@ def _state_to_save(model: TrainedEmbedder) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in state.items()}
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Call `write(temp_path)` for a temp file beside `path`, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_trained_embedder(
@@ -184,9 +175,9 @@ def save_trained_embedder(
         "linedraw_version": __version__,
     }
     state = _state_to_save(model)
-    _atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_file(state, tmp, metadata={"format": FORMAT}))
+    write_atomic_path(directory / WEIGHTS_FILE, lambda tmp: save_file(state, tmp, metadata={"format": FORMAT}))
     text = json.dumps(config, indent=2) + "\n"
-    _atomic_write(directory / CONFIG_FILE, lambda tmp: Path(tmp).write_text(text))
+    write_atomic_path(directory / CONFIG_FILE, lambda tmp: Path(tmp).write_text(text))
     return directory
 
 
