@@ -124,13 +124,15 @@ def child(spec: dict) -> dict:
 # ----------------------------------------------------------------------------------------- driver
 
 
-def configurations(device: str, batch_size: int, workers: int) -> list[tuple[str, str, list[str]]]:
-    """(name, path kind, CLI options) to compare on `device`; the plain loop first."""
+def configurations(device: str, batch_size: int | None, workers: int | None) -> list[tuple[str, str, list[str]]]:
+    """(name, path kind, CLI options) to compare on `device`; the plain loop first. None = the CLI's default."""
     configs = [("plain eager loop (batch 1, fp32)", "plain", [])]
-    cli = ["--batch-size", str(batch_size), "--workers", str(workers)]
-    configs.append((f"linedraw convert (batch {batch_size}, {workers} workers)", "cli", cli))
+    cli = (["--batch-size", str(batch_size)] if batch_size is not None else []) \
+        + (["--workers", str(workers)] if workers is not None else [])
+    label = f"batch {batch_size or 'default'}, {'default' if workers is None else workers} workers"
+    configs.append((f"linedraw convert ({label})", "cli", cli))
     if device == "cuda":
-        configs.append((f"linedraw convert --half (batch {batch_size}, {workers} workers)", "cli", cli + ["--half"]))
+        configs.append((f"linedraw convert --half ({label})", "cli", cli + ["--half"]))
     return configs
 
 
@@ -139,8 +141,8 @@ def main() -> None:
     parser.add_argument("--checkpoint", help="checkpoint name or path (default: contour, else a random one)")
     parser.add_argument("--images", type=int, default=None, help="photos per run (default: 8 on CPU, 256 on GPU)")
     parser.add_argument("--devices", default=None, help="comma-separated (default: cpu, plus cuda when available)")
-    parser.add_argument("--batch-size", type=int, default=None, help="CLI batch size (default: 2 CPU, 16 GPU)")
-    parser.add_argument("--workers", type=int, default=None, help="CLI decode/save threads (default: 2 CPU, 8 GPU)")
+    parser.add_argument("--batch-size", type=int, default=None, help="CLI batch size (default: the CLI's own on CPU, 16 GPU)")
+    parser.add_argument("--workers", type=int, default=None, help="CLI decode/save threads (default: the CLI's own on CPU, 8 GPU)")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -160,12 +162,12 @@ def main() -> None:
             gpu = device.startswith("cuda")
             count = args.images or (256 if gpu else 8)
             files = make_photos(workdir / f"photos_{count}", count)
-            batch_size = args.batch_size or (16 if gpu else 2)
-            workers = args.workers if args.workers is not None else (8 if gpu else 2)
+            batch_size = args.batch_size or (16 if gpu else None)
+            workers = args.workers if args.workers is not None else (8 if gpu else None)
             for name, kind, options in configurations(device, batch_size, workers):
                 spec = {"path": kind, "checkpoint": checkpoint, "files": [str(f) for f in files], "device": device,
                         "out": str(workdir / f"out_{device}_{len(rows)}"), "options": options,
-                        "warmup": min(len(files), batch_size * 2 if kind == "cli" else 2)}
+                        "warmup": min(len(files), (batch_size or 1) * 2 if kind == "cli" else 2)}
                 done = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True,
                                       text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
                 if done.returncode != 0:
