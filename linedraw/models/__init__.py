@@ -39,12 +39,14 @@ from linedraw.models.discriminator import PatchDiscriminator  # noqa: E402
 from linedraw.models.generator import ResnetGenerator, crop_to, pad_to_multiple  # noqa: E402
 from linedraw.models.geometry import GeometryHead  # noqa: E402
 from linedraw.models.pool import ImagePool  # noqa: E402
+from linedraw.models.student import FastGenerator  # noqa: E402
 
 __all__ = [
     "register_model",
     "create_model",
     "list_models",
     "ResnetGenerator",
+    "FastGenerator",
     "PatchDiscriminator",
     "GeometryHead",
     "ImagePool",
