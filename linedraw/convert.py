@@ -116,7 +116,9 @@ class Converter:
         if self.half and device.type != "cuda":
             raise ValueError(f"half precision needs a CUDA device, not {device}")
         self.model.to(device=device, dtype=torch.float16 if self.half else torch.float32)
-        use_cl = self.channels_last if self.channels_last is not None else device.type == "cuda"
+        use_cl = self.channels_last
+        if use_cl is None:  # the checkpoint's recommendation (depthwise convolutions run faster so on CPU too)
+            use_cl = self.config.get("inference", {}).get("channels_last", False) or device.type == "cuda"
         self.model.to(memory_format=torch.channels_last if use_cl else torch.contiguous_format)
         self._use_channels_last = use_cl
         self.device = device

@@ -48,6 +48,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="photos per forward pass (default: 4 on a GPU, 1 on the CPU)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default: auto)")
     parser.add_argument("--half", action="store_true", help="float16 inference (CUDA only)")
+    parser.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto",
+                        help="channels-last memory format (default auto: on CUDA, and where the checkpoint "
+                             "recommends it, e.g. contour-fast on CPU)")
     parser.add_argument("--workers", type=int, default=None, metavar="N",
                         help="threads decoding (and as many saving) images; 0 = main thread (default: 2 on a GPU; on "
                         "the CPU, the cores torch's own threads leave free)")
@@ -125,7 +128,8 @@ def run(args: argparse.Namespace) -> int:
         options = {k: getattr(args, k) for k in ("size", "max_pixels", "tile_overlap") if getattr(args, k) is not None}
         converter = Converter(
             model, config, device=device, half=args.half, batch_size=args.batch_size, invert=args.invert,
-            threshold=args.threshold, line_weight=args.line_weight, **options,
+            threshold=args.threshold, line_weight=args.line_weight,
+            channels_last={"auto": None, "on": True, "off": False}[args.channels_last], **options,
         )
     except (CheckpointError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
