@@ -18,6 +18,7 @@ COMMAND_MODULES: list[str] = [
     "linedraw.commands.eval",
     "linedraw.commands.study",
     "linedraw.commands.precompute",
+    "linedraw.commands.distill",
     "linedraw.commands.index",
     "linedraw.commands.search",
     "linedraw.commands.retrieval",

@@ -6,7 +6,8 @@ import importlib
 
 # Each module exposes `register(eval_subparsers)` and sets `func` on its parser.
 EVAL_MODULES: list[str] = ["linedraw.commands.eval_retrieval", "linedraw.commands.eval_clip",
-                           "linedraw.commands.eval_edges", "linedraw.commands.eval_compare"]
+                           "linedraw.commands.eval_edges", "linedraw.commands.eval_compare",
+                           "linedraw.commands.eval_agreement"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
