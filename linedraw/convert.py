@@ -10,6 +10,7 @@ tiled result matches the untiled one away from the tile borders instead of chang
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -20,6 +21,8 @@ from PIL import Image
 
 from linedraw.images import normalize_mode
 
+#: Inference engines: "torch", "onnxruntime" (CPU, float32) and "auto" (the checkpoint's CPU recommendation).
+BACKENDS = ("auto", "torch", "onnxruntime")
 #: Short side, in pixels, photos are processed at unless told otherwise or the checkpoint recommends another.
 DEFAULT_SIZE = 512
 #: Largest image (in pixels, at the processing size) run in one piece; larger ones are tiled.
@@ -69,8 +72,11 @@ class Converter:
     """Turns PIL photos into PIL line drawings with a generator (G_A); see the module docstring.
 
     `conv(image)` converts one photo, `conv.convert(images)` a list, `conv.batch(iterable)` streams;
-    `conv.to(device)` moves it. `half=True` runs in float16 (CUDA only).
+    `conv.to(device)` moves it. `half=True` runs in float16 (CUDA only). `backend="onnxruntime"` runs the
+    network through ONNX Runtime on the CPU; "auto" does so where the checkpoint recommends it.
     """
+
+    _warned_no_onnx = False
 
     def __init__(
         self,
@@ -84,6 +90,7 @@ class Converter:
         device: str | torch.device = "auto",
         half: bool = False,
         channels_last: bool | None = None,
+        backend: str = "auto",
         invert: bool = False,
         threshold: float | None = None,
         line_weight: int = 0,
@@ -98,11 +105,14 @@ class Converter:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if threshold is not None and not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         self.model = model.eval().requires_grad_(False)
         self.config = dict(config or {})
         self.size, self.max_pixels, self.batch_size = size, max_pixels, batch_size
         self.tile_overlap = max(SIZE_MULTIPLE, tile_overlap // SIZE_MULTIPLE * SIZE_MULTIPLE)
-        self.half, self.channels_last = half, channels_last
+        self.half, self.channels_last, self.backend = half, channels_last, backend
+        self._onnx = None
         self.invert, self.threshold, self.line_weight = invert, threshold, line_weight
         self._norm_order: list[nn.Module] | None = None
         self.device = torch.device("cpu")
@@ -122,7 +132,34 @@ class Converter:
         self.model.to(memory_format=torch.channels_last if use_cl else torch.contiguous_format)
         self._use_channels_last = use_cl
         self.device = device
+        self._onnx = self._onnx_runner(device)
         return self
+
+    def _onnx_runner(self, device: torch.device):
+        """An ONNX Runtime runner when the backend asks for one (explicitly, or "auto" with a checkpoint that
+        recommends it on CPU and onnxruntime installed), else None (PyTorch)."""
+        import importlib.util
+
+        backend = self.backend
+        if backend == "auto":
+            recommended = self.config.get("inference", {}).get("cpu_backend", "torch")
+            if device.type != "cpu" or recommended != "onnxruntime" or self.half:
+                return None
+            if importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnxscript") is None:
+                if not Converter._warned_no_onnx:
+                    print("note: this checkpoint runs faster on CPU through ONNX Runtime: "
+                          "pip install 'linedraw[onnx]'; using PyTorch", file=sys.stderr)
+                    Converter._warned_no_onnx = True
+                return None
+            backend = "onnxruntime"
+        if backend == "torch":
+            return None
+        if device.type != "cpu" or self.half:
+            raise ValueError(f"the onnxruntime backend runs on the CPU in float32, not on {device}"
+                             + (" in half precision" if self.half else ""))
+        from linedraw.export import OnnxRunner
+
+        return OnnxRunner(self.model)
 
     def __call__(self, image: Image.Image) -> Image.Image:
         """Convert one photo to a drawing ("L" mode, same size as the photo)."""
@@ -189,7 +226,10 @@ class Converter:
         drawing = postprocess(drawing[None], self.invert, self.threshold, self.line_weight)[0]
         return drawing.clamp_(0.0, 1.0)
 
-    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
+    def _forward(self, batch: torch.Tensor, hooks: bool = False) -> torch.Tensor:
+        """Run the generator; `hooks=True` when forward hooks on its modules must run (PyTorch only)."""
+        if self._onnx is not None and not hooks:
+            return self._onnx(batch).to(self.device)
         if self.half:
             batch = batch.half()
         if self._use_channels_last:
@@ -210,6 +250,7 @@ class Converter:
         tiles = [(y, x0, cy, cx) for y, cy in zip(ys, core_y) for x0, cx in zip(xs, core_x)]
 
         stats = self._tiled_norm_stats(padded, tiles, tile_h, tile_w)
+        hooks = bool(stats)
         out = torch.zeros(1, full_h, full_w, device=self.device)
         weight_sum = torch.zeros(1, full_h, full_w, device=self.device)
         handles = [norm.register_forward_hook(_fixed_stats_hook(*stats[norm])) for norm in stats]
@@ -217,7 +258,7 @@ class Converter:
             for start in range(0, len(tiles), self.batch_size):
                 chunk = tiles[start : start + self.batch_size]
                 batch = torch.stack([padded[:, y : y + tile_h, x0 : x0 + tile_w] for y, x0, _, _ in chunk])
-                for (y, x0, _, _), drawing in zip(chunk, self._forward(batch)):
+                for (y, x0, _, _), drawing in zip(chunk, self._forward(batch, hooks=hooks)):
                     window = (_window(y, tile_h, ys)[:, None] * _window(x0, tile_w, xs)[None, :]).to(self.device)
                     out[:, y : y + tile_h, x0 : x0 + tile_w] += drawing * window
                     weight_sum[:, y : y + tile_h, x0 : x0 + tile_w] += window
@@ -244,7 +285,7 @@ class Converter:
                 handles.append(norm.register_forward_hook(_measure_hook(cores, (tile_h, tile_w), moments)))
                 batch = torch.stack([padded[:, y : y + tile_h, x0 : x0 + tile_w] for y, x0, _, _ in chunk])
                 try:
-                    self._forward(batch)
+                    self._forward(batch, hooks=True)
                 except _StopForward:
                     pass
                 finally:

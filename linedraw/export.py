@@ -48,3 +48,42 @@ def check_onnx(model: nn.Module, path: str | os.PathLike, shape: tuple[int, int,
         expected = model.eval().float().to("cpu")(photo).numpy()
     (actual,) = session.run(["drawing"], {"photo": photo.numpy()})
     return float(np.abs(actual - expected).max())
+
+
+def onnx_cache_dir() -> Path:
+    """Where `OnnxRunner` keeps exported graphs: `$LINEDRAW_CACHE/onnx`, else `~/.cache/linedraw/onnx`."""
+    root = os.environ.get("LINEDRAW_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "linedraw")
+    return Path(root) / "onnx"
+
+
+class OnnxRunner:
+    """Runs a generator through ONNX Runtime on the CPU (same inputs and outputs as the PyTorch module).
+
+    The graph is exported once per distinct weights (keyed by a hash of the state dict and the torch version)
+    into `onnx_cache_dir()`, written atomically, so later runs start at once.
+    """
+
+    def __init__(self, model: nn.Module, threads: int | None = None) -> None:
+        import hashlib
+        import io
+        from contextlib import redirect_stdout
+
+        import onnxruntime
+
+        from linedraw.images import write_atomic_path
+
+        digest = hashlib.sha256(torch.__version__.encode())
+        for name, tensor in sorted(model.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+        self.path = onnx_cache_dir() / f"{type(model).__name__}-{digest.hexdigest()[:16]}.onnx"
+        if not self.path.is_file():
+            with redirect_stdout(io.StringIO()):  # the exporter narrates its steps on stdout
+                write_atomic_path(self.path, lambda tmp: export_onnx(model, tmp))
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        self.session = onnxruntime.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        (drawing,) = self.session.run(["drawing"], {"photo": batch.detach().float().cpu().contiguous().numpy()})
+        return torch.from_numpy(drawing)

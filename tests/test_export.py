@@ -31,3 +31,30 @@ def test_export_cli_matches_pytorch_at_other_sizes(tmp_path, capsys):
             expected = model(photo).numpy()
         assert drawing.shape == (shape[0], 1, *shape[2:])
         assert np.abs(drawing - expected).max() < 1e-4
+
+
+STUDENT = {"model": "fast_generator", "kwargs": {"width": 8, "n_blocks": 1, "n_blocks_half": 1}}
+
+
+@pytest.mark.slow
+def test_onnxruntime_backend_matches_pytorch_and_caches_the_graph(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from linedraw.convert import Converter
+
+    monkeypatch.setenv("LINEDRAW_CACHE", str(tmp_path / "cache"))
+    model = create_model(STUDENT["model"], **STUDENT["kwargs"]).eval()
+    rng = np.random.default_rng(0)
+    photo = Image.fromarray(rng.integers(0, 256, (6, 9, 3), dtype=np.uint8)).resize((90, 58), Image.BICUBIC)
+    reference = np.asarray(Converter(model, size=0, device="cpu", backend="torch")(photo), np.float32)
+    fast = Converter(model, size=0, device="cpu", backend="onnxruntime")
+    assert fast._onnx is not None and len(list((tmp_path / "cache" / "onnx").glob("*.onnx"))) == 1
+    assert np.abs(np.asarray(fast(photo), np.float32) - reference).max() <= 1.0  # at most one grey level
+    tiled = Converter(model, size=0, device="cpu", backend="onnxruntime", max_pixels=32 * 32, tile_overlap=16)
+    assert np.abs(np.asarray(tiled(photo), np.float32) - reference).mean() < 0.02 * 255
+    # "auto" follows the checkpoint's CPU recommendation and reuses the cached graph
+    recommended = Converter(model, {"inference": {"cpu_backend": "onnxruntime"}}, size=0, device="cpu")
+    assert recommended._onnx is not None and recommended._onnx.path == fast._onnx.path
+    assert Converter(model, size=0, device="cpu")._onnx is None  # no recommendation: PyTorch
+    with pytest.raises(ValueError, match="backend"):
+        Converter(model, device="cpu", backend="tensorrt")

@@ -48,6 +48,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="photos per forward pass (default: 4 on a GPU, 1 on the CPU)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default: auto)")
     parser.add_argument("--half", action="store_true", help="float16 inference (CUDA only)")
+    parser.add_argument("--backend", choices=["auto", "torch", "onnxruntime"], default="auto",
+                        help="inference engine (default auto: ONNX Runtime on CPU where the checkpoint recommends it "
+                             "and onnxruntime is installed, e.g. contour-fast; else PyTorch)")
     parser.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto",
                         help="channels-last memory format (default auto: on CUDA, and where the checkpoint "
                              "recommends it, e.g. contour-fast on CPU)")
@@ -129,7 +132,8 @@ def run(args: argparse.Namespace) -> int:
         converter = Converter(
             model, config, device=device, half=args.half, batch_size=args.batch_size, invert=args.invert,
             threshold=args.threshold, line_weight=args.line_weight,
-            channels_last={"auto": None, "on": True, "off": False}[args.channels_last], **options,
+            channels_last={"auto": None, "on": True, "off": False}[args.channels_last], backend=args.backend,
+            **options,
         )
     except (CheckpointError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
