@@ -1,14 +1,17 @@
-"""Benchmark `linedraw convert` against a plain PyTorch eager loop over the same generator weights.
+"""Benchmark `linedraw convert` against a plain PyTorch eager loop over the teacher's weights, in one run.
 
-Both read the same 512x768 JPEGs (short side 512, so neither resizes) and write PNG drawings. The plain loop
-is what one writes by hand: per file, open -> tensor -> model -> save, batch 1, float32. The CLI path is
-`linedraw convert` in-process with its batching, decoding/saving threads and, on CUDA, channels_last and
-optionally float16. Each configuration runs in its own child process, after a short warm-up, so its peak
-memory (RSS on CPU, allocated CUDA memory on GPU) is its own. The generator is `--checkpoint` when given,
-else the shipped "contour" checkpoint, else a randomly initialised paper-size generator (ngf 64, 3 blocks;
-speed does not depend on the weights).
+All rows read the same 512x768 JPEGs (short side 512, so nothing resizes) and write PNG drawings; every ratio is
+images/s over the *teacher's* plain loop on the same device. The plain loop is what one writes by hand: per
+file, open -> tensor -> model -> save, batch 1, float32. The CLI path is `linedraw convert` in-process with its
+batching, decoding/saving threads and memory format. With a student checkpoint (`--student`, default the
+shipped "contour-fast" when present) the table adds the student through the CLI and the CPU variants worth
+trying (contiguous vs channels-last memory, torch.compile, ONNX Runtime fp32 and int8 dynamic quantisation of
+the exported graph), so only what the table proves is kept. `--big` adds the peak memory of converting one
+4096x4096 photo at native resolution (`--size 0`, tiled). Each row runs in its own child process, after a
+warm-up, so its peak memory (RSS on CPU, allocated CUDA memory on GPU) is its own. The teacher is
+`--checkpoint` when given, else the shipped "contour", else a randomly initialised paper-size generator.
 
-    OMP_NUM_THREADS=1 python bench/convert.py              # CPU (and GPU when CUDA is available)
+    OMP_NUM_THREADS=2 python bench/convert.py --big       # CPU (and GPU when CUDA is available)
     python bench/convert.py --images 512 --json bench-convert.json
 """
 from __future__ import annotations
@@ -81,10 +84,61 @@ def plain_loop(checkpoint: str, files: list[Path], out: Path, device: str) -> No
             to_pil(model(photo)[0]).save(out / f"{path.stem}.png")
 
 
+def compiled_loop(checkpoint: str, files: list[Path], out: Path, device: str) -> None:
+    """The plain loop over a torch.compile'd model (compiled during the warm-up run)."""
+    import torch
+    from PIL import Image
+
+    from linedraw.checkpoint import load_generator
+    from linedraw.images import to_pil, to_tensor
+
+    global _COMPILED
+    if "_COMPILED" not in globals():
+        model, _ = load_generator(checkpoint, device=device)
+        _COMPILED = torch.compile(model)
+    out.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        for path in files:
+            photo = to_tensor(Image.open(path).convert("RGB"))[None].to(device)
+            to_pil(_COMPILED(photo)[0]).save(out / f"{path.stem}.png")
+
+
+def onnx_loop(checkpoint: str, files: list[Path], out: Path, int8: bool) -> None:
+    """The plain loop through ONNX Runtime on the graph `linedraw export --onnx` writes (int8: dynamically
+    quantised weights); the session is built once, during the warm-up run."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    global _SESSION
+    if "_SESSION" not in globals():
+        import onnxruntime
+
+        from linedraw.checkpoint import load_generator
+        from linedraw.export import export_onnx
+
+        model, _ = load_generator(checkpoint)
+        graph = export_onnx(model, out.parent / "model.onnx")
+        if int8:
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            quantize_dynamic(str(graph), str(out.parent / "model-int8.onnx"), weight_type=QuantType.QUInt8)
+            graph = out.parent / "model-int8.onnx"
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        _SESSION = onnxruntime.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+    out.mkdir(parents=True, exist_ok=True)
+    for path in files:
+        photo = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32).transpose(2, 0, 1)[None] / 255.0
+        (drawing,) = _SESSION.run(["drawing"], {"photo": photo})
+        Image.fromarray((drawing[0, 0] * 255.0).round().astype(np.uint8), mode="L").save(out / f"{path.stem}.png")
+
+
 def cli_path(checkpoint: str, files: list[Path], out: Path, device: str, options: list[str]) -> None:
     from linedraw.cli import main
 
-    code = main(["convert", *map(str, files), "-o", str(out), "--checkpoint", checkpoint, "--size", "512",
+    size = [] if "--size" in options else ["--size", "512"]
+    code = main(["convert", *map(str, files), "-o", str(out), "--checkpoint", checkpoint, *size,
                  "--device", device, *options])
     if code != 0:
         raise SystemExit(f"linedraw convert exited with {code}")
@@ -99,12 +153,18 @@ def child(spec: dict) -> dict:
     out = Path(spec["out"])
 
     def run(subset: list[Path], target: Path) -> None:
-        if spec["path"] == "plain":
+        kind = spec["path"]
+        if kind == "plain":
             plain_loop(spec["checkpoint"], subset, target, device)
+        elif kind == "compile":
+            compiled_loop(spec["checkpoint"], subset, target, device)
+        elif kind in ("onnx", "onnx-int8"):
+            onnx_loop(spec["checkpoint"], subset, target, int8=kind == "onnx-int8")
         else:
             cli_path(spec["checkpoint"], subset, target, device, spec["options"])
 
-    run(files[: spec["warmup"]], out / "warmup")
+    if spec["warmup"]:
+        run(files[: spec["warmup"]], out / "warmup")
     cuda = device.startswith("cuda")
     if cuda:
         torch.cuda.synchronize()
@@ -124,25 +184,65 @@ def child(spec: dict) -> dict:
 # ----------------------------------------------------------------------------------------- driver
 
 
-def configurations(device: str, batch_size: int | None, workers: int | None) -> list[tuple[str, str, list[str]]]:
-    """(name, path kind, CLI options) to compare on `device`; the plain loop first. None = the CLI's default."""
-    configs = [("plain eager loop (batch 1, fp32)", "plain", [])]
+def configurations(device: str, batch_size: int | None, workers: int | None,
+                   student: bool) -> list[tuple[str, str, str, list[str]]]:
+    """(name, path kind, "teacher" | "student", CLI options) to compare on `device`; the teacher's plain loop
+    first. None = the CLI's default."""
     cli = (["--batch-size", str(batch_size)] if batch_size is not None else []) \
         + (["--workers", str(workers)] if workers is not None else [])
     label = f"batch {batch_size or 'default'}, {'default' if workers is None else workers} workers"
-    configs.append((f"linedraw convert ({label})", "cli", cli))
+    configs = [("teacher: plain eager loop (batch 1, fp32)", "plain", "teacher", []),
+               (f"teacher: linedraw convert ({label})", "cli", "teacher", cli)]
     if device == "cuda":
-        configs.append((f"linedraw convert --half ({label})", "cli", cli + ["--half"]))
+        configs.append((f"teacher: linedraw convert --half ({label})", "cli", "teacher", cli + ["--half"]))
+    if not student:
+        return configs
+    configs.append((f"student: linedraw convert ({label})", "cli", "student", cli))
+    if device == "cuda":
+        configs.append((f"student: linedraw convert --half ({label})", "cli", "student", cli + ["--half"]))
+        return configs
+    configs += [
+        (f"student: linedraw convert --channels-last off ({label})", "cli", "student", cli + ["--channels-last", "off"]),
+        ("student: plain eager loop (contiguous)", "plain", "student", []),
+        ("student: plain loop, torch.compile", "compile", "student", []),
+        ("student: plain loop, ONNX Runtime fp32", "onnx", "student", []),
+        ("student: plain loop, ONNX Runtime int8 (dynamic)", "onnx-int8", "student", []),
+    ]
     return configs
+
+
+def big_configurations(student: bool) -> list[tuple[str, str, str, list[str]]]:
+    """One 4096x4096 photo at native resolution (tiled by the CLI): peak memory of teacher and student."""
+    rows = [("teacher: 4096x4096 photo, --size 0", "cli", "teacher", ["--size", "0"])]
+    if student:
+        rows.append(("student: 4096x4096 photo, --size 0", "cli", "student", ["--size", "0"]))
+    return rows
+
+
+def resolve_student(requested: str | None) -> tuple[str | None, str | None]:
+    """(checkpoint reference, description) of the student, or (None, None) when there is none."""
+    from linedraw.checkpoint import CheckpointError, resolve_checkpoint as resolve
+
+    if requested:
+        return requested, requested
+    try:
+        resolve("contour-fast")
+        return "contour-fast", "shipped 'contour-fast'"
+    except CheckpointError:
+        return None, None
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", help="checkpoint name or path (default: contour, else a random one)")
-    parser.add_argument("--images", type=int, default=None, help="photos per run (default: 8 on CPU, 256 on GPU)")
+    parser.add_argument("--checkpoint", help="teacher checkpoint name or path (default: contour, else a random one)")
+    parser.add_argument("--student", help="student checkpoint name or path (default: contour-fast when shipped)")
+    parser.add_argument("--no-student", action="store_true", help="teacher rows only")
+    parser.add_argument("--big", action="store_true", help="also measure one 4096x4096 photo at --size 0")
+    parser.add_argument("--images", type=int, default=None, help="photos per run (default: 16 on CPU, 256 on GPU)")
     parser.add_argument("--devices", default=None, help="comma-separated (default: cpu, plus cuda when available)")
     parser.add_argument("--batch-size", type=int, default=None, help="CLI batch size (default: the CLI's own on CPU, 16 GPU)")
     parser.add_argument("--workers", type=int, default=None, help="CLI decode/save threads (default: the CLI's own on CPU, 8 GPU)")
+    parser.add_argument("--only", help="run only the rows whose name contains this text")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -153,44 +253,59 @@ def main() -> None:
     import torch
 
     devices = args.devices.split(",") if args.devices else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    rows = []
+    rows, failed = [], []
     with tempfile.TemporaryDirectory(prefix="linedraw-bench-") as tmp:
         workdir = Path(tmp)
-        checkpoint, description = resolve_checkpoint(args.checkpoint, workdir)
-        print(f"generator: {description}; photos 512x768 JPEG -> PNG drawings at 512 px short side")
+        teacher, description = resolve_checkpoint(args.checkpoint, workdir)
+        student, student_description = (None, None) if args.no_student else resolve_student(args.student)
+        checkpoints = {"teacher": teacher, "student": student}
+        print(f"teacher: {description}; student: {student_description or 'none'}; "
+              "photos 512x768 JPEG -> PNG drawings at 512 px short side")
         for device in devices:
             gpu = device.startswith("cuda")
-            count = args.images or (256 if gpu else 8)
+            count = args.images or (256 if gpu else 16)
             files = make_photos(workdir / f"photos_{count}", count)
             batch_size = args.batch_size or (16 if gpu else None)
             workers = args.workers if args.workers is not None else (8 if gpu else None)
-            for name, kind, options in configurations(device, batch_size, workers):
-                spec = {"path": kind, "checkpoint": checkpoint, "files": [str(f) for f in files], "device": device,
-                        "out": str(workdir / f"out_{device}_{len(rows)}"), "options": options,
-                        "warmup": min(len(files), (batch_size or 1) * 2 if kind == "cli" else 2)}
+            plan = [(name, kind, role, options, files)
+                    for name, kind, role, options in configurations(device, batch_size, workers, student is not None)]
+            if args.big:
+                big = make_photos(workdir / "big", 1, 4096, 4096)
+                plan += [(name, kind, role, options, big) for name, kind, role, options in big_configurations(student is not None)]
+            for name, kind, role, options, photos in plan:
+                if args.only and args.only not in name and not name.startswith("teacher: plain"):
+                    continue
+                spec = {"path": kind, "checkpoint": checkpoints[role], "files": [str(f) for f in photos],
+                        "device": device, "out": str(workdir / f"out_{device}_{len(rows)}"), "options": options,
+                        "warmup": 0 if photos is not files else min(len(photos), (batch_size or 1) * 2 if kind == "cli" else 2)}
                 done = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True,
                                       text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
                 if done.returncode != 0:
-                    raise SystemExit(f"{name} on {device} failed:\n{done.stderr[-3000:]}")
+                    print(f"  {device:5} {name}: FAILED\n{done.stderr[-2000:]}", flush=True)
+                    failed.append(f"{device} {name}")
+                    continue
                 result = json.loads(done.stdout.strip().splitlines()[-1])
-                rows.append({"device": device, "config": name, "images": count, **result})
+                rows.append({"device": device, "config": name, "images": len(photos), **result})
                 print(f"  {device:5} {name}: {result['images_per_s']:.2f} images/s", flush=True)
     print_table(rows)
     if args.json:
-        Path(args.json).write_text(json.dumps({"generator": description, "rows": rows}, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps({"teacher": description, "student": student_description, "rows": rows},
+                                              indent=2) + "\n")
+    if failed:
+        raise SystemExit(f"failed rows: {'; '.join(failed)}")
 
 
 def print_table(rows: list[dict]) -> None:
     """Markdown table; the ratio is images/s over the plain loop's on the same device."""
-    baseline = {r["device"]: r["images_per_s"] for r in rows if r["config"].startswith("plain")}
+    baseline = {r["device"]: r["images_per_s"] for r in rows if r["config"].startswith("teacher: plain")}
     threads = os.environ.get("OMP_NUM_THREADS", "default")
     print(f"\n(CPU threads: OMP_NUM_THREADS={threads})\n")
-    print("| device | path | images | images/s | vs plain loop | peak RSS (MB) | peak CUDA (MB) |")
+    print("| device | path | images | images/s | vs teacher plain loop | peak RSS (MB) | peak CUDA (MB) |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for r in rows:
         cuda = f"{r['peak_cuda_mb']:.0f}" if "peak_cuda_mb" in r else "-"
-        ratio = r["images_per_s"] / baseline[r["device"]]
-        print(f"| {r['device']} | {r['config']} | {r['images']} | {r['images_per_s']:.2f} | {ratio:.2f}x "
+        ratio = f"{r['images_per_s'] / baseline[r['device']]:.2f}x" if r["device"] in baseline else "-"
+        print(f"| {r['device']} | {r['config']} | {r['images']} | {r['images_per_s']:.2f} | {ratio} "
               f"| {r['peak_rss_mb']:.0f} | {cuda} |")
 
 
