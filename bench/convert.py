@@ -202,7 +202,9 @@ def configurations(device: str, batch_size: int | None, workers: int | None,
         configs.append((f"student: linedraw convert --half ({label})", "cli", "student", cli + ["--half"]))
         return configs
     configs += [
-        (f"student: linedraw convert --channels-last off ({label})", "cli", "student", cli + ["--channels-last", "off"]),
+        (f"student: linedraw convert --backend torch ({label})", "cli", "student", cli + ["--backend", "torch"]),
+        (f"student: linedraw convert --backend torch --channels-last off ({label})", "cli", "student",
+         cli + ["--backend", "torch", "--channels-last", "off"]),
         ("student: plain eager loop (contiguous)", "plain", "student", []),
         ("student: plain loop, torch.compile", "compile", "student", []),
         ("student: plain loop, ONNX Runtime fp32", "onnx", "student", []),
