@@ -68,39 +68,27 @@ def resolve_checkpoint(requested: str | None, workdir: Path) -> tuple[str, str]:
 # ----------------------------------------------------------------------------------------- child process
 
 
-def plain_loop(checkpoint: str, files: list[Path], out: Path, device: str) -> None:
-    """The hand-written baseline: one photo at a time, float32."""
+_MODELS: dict = {}
+
+
+def plain_loop(checkpoint: str, files: list[Path], out: Path, device: str, compile: bool = False) -> None:
+    """The hand-written baseline: one photo at a time, float32 (optionally torch.compile'd). The model is
+    loaded (and compiled) once, during the warm-up run."""
     import torch
     from PIL import Image
 
     from linedraw.checkpoint import load_generator
     from linedraw.images import to_pil, to_tensor
 
-    model, _ = load_generator(checkpoint, device=device)
+    if "model" not in _MODELS:
+        model, _ = load_generator(checkpoint, device=device)
+        _MODELS["model"] = torch.compile(model) if compile else model
+    model = _MODELS["model"]
     out.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
         for path in files:
             photo = to_tensor(Image.open(path).convert("RGB"))[None].to(device)
             to_pil(model(photo)[0]).save(out / f"{path.stem}.png")
-
-
-def compiled_loop(checkpoint: str, files: list[Path], out: Path, device: str) -> None:
-    """The plain loop over a torch.compile'd model (compiled during the warm-up run)."""
-    import torch
-    from PIL import Image
-
-    from linedraw.checkpoint import load_generator
-    from linedraw.images import to_pil, to_tensor
-
-    global _COMPILED
-    if "_COMPILED" not in globals():
-        model, _ = load_generator(checkpoint, device=device)
-        _COMPILED = torch.compile(model)
-    out.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad():
-        for path in files:
-            photo = to_tensor(Image.open(path).convert("RGB"))[None].to(device)
-            to_pil(_COMPILED(photo)[0]).save(out / f"{path.stem}.png")
 
 
 def onnx_loop(checkpoint: str, files: list[Path], out: Path, int8: bool) -> None:
@@ -110,8 +98,7 @@ def onnx_loop(checkpoint: str, files: list[Path], out: Path, int8: bool) -> None
     import torch
     from PIL import Image
 
-    global _SESSION
-    if "_SESSION" not in globals():
+    if "session" not in _MODELS:
         import onnxruntime
 
         from linedraw.checkpoint import load_generator
@@ -126,11 +113,11 @@ def onnx_loop(checkpoint: str, files: list[Path], out: Path, int8: bool) -> None
             graph = out.parent / "model-int8.onnx"
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
-        _SESSION = onnxruntime.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+        _MODELS["session"] = onnxruntime.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
     out.mkdir(parents=True, exist_ok=True)
     for path in files:
         photo = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32).transpose(2, 0, 1)[None] / 255.0
-        (drawing,) = _SESSION.run(["drawing"], {"photo": photo})
+        (drawing,) = _MODELS["session"].run(["drawing"], {"photo": photo})
         Image.fromarray((drawing[0, 0] * 255.0).round().astype(np.uint8), mode="L").save(out / f"{path.stem}.png")
 
 
@@ -154,10 +141,8 @@ def child(spec: dict) -> dict:
 
     def run(subset: list[Path], target: Path) -> None:
         kind = spec["path"]
-        if kind == "plain":
-            plain_loop(spec["checkpoint"], subset, target, device)
-        elif kind == "compile":
-            compiled_loop(spec["checkpoint"], subset, target, device)
+        if kind in ("plain", "compile"):
+            plain_loop(spec["checkpoint"], subset, target, device, compile=kind == "compile")
         elif kind in ("onnx", "onnx-int8"):
             onnx_loop(spec["checkpoint"], subset, target, int8=kind == "onnx-int8")
         else:
