@@ -56,5 +56,9 @@ def test_onnxruntime_backend_matches_pytorch_and_caches_the_graph(tmp_path, monk
     recommended = Converter(model, {"inference": {"cpu_backend": "onnxruntime"}}, size=0, device="cpu")
     assert recommended._onnx is not None and recommended._onnx.path == fast._onnx.path
     assert Converter(model, size=0, device="cpu")._onnx is None  # no recommendation: PyTorch
+    from linedraw.convert import DEFAULT_MAX_PIXELS, ONNX_MAX_PIXELS  # smaller tiles bound ONNX Runtime's arena
+
+    assert fast.max_pixels == ONNX_MAX_PIXELS and Converter(model, device="cpu").max_pixels == DEFAULT_MAX_PIXELS
+    assert Converter(model, device="cpu", backend="onnxruntime", max_pixels=5000).max_pixels == 5000
     with pytest.raises(ValueError, match="backend"):
         Converter(model, device="cpu", backend="tensorrt")

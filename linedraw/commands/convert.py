@@ -42,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "checkpoint recommends in its JSON `inference.size`, else 512)")
     parser.add_argument("--max-pixels", type=int, default=None, metavar="N",
                         help="largest image run in one piece at the processing size; larger ones are run in "
-                        "overlapping, seamlessly blended tiles (default: 4194304 = 2048x2048)")
+                        "overlapping, seamlessly blended tiles (default: 4194304 = 2048x2048; 1048576 through ONNX Runtime)")
     parser.add_argument("--tile-overlap", type=int, default=None, metavar="PX", help="tile overlap (default: 128)")
     parser.add_argument("--batch-size", type=int, default=None, metavar="N",
                         help="photos per forward pass (default: 4 on a GPU, 1 on the CPU)")
