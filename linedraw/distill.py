@@ -5,8 +5,8 @@ Two resumable stages in one output folder:
 1. **Pairs.** Every photo is resized (antialiased, as the converter does) so its short side is each of `sizes`,
    drawn by the teacher whole (so its instance norms see the statistics they see at conversion time) and
    cached as `pairs/<size>/{photo,drawing}/<relative path>.png`. Existing pairs are kept.
-2. **Training.** Random crops of the cached pairs with flips; loss `linedraw.losses.distillation_loss` (L1 +
-   Sobel-gradient L1); AdamW with warm-up and cosine decay. Sample `i` of the run is a pure function of
+2. **Training.** Random crops of the cached pairs with flips; loss `linedraw.losses.distillation_loss` (L1
+   weighted towards the teacher's lines + Sobel-gradient L1); AdamW with warm-up and cosine decay. Sample `i` of the run is a pure function of
    (seed, i) and the step counter is saved with the accelerate state, so a resumed run sees exactly the batches
    an uninterrupted one would. Each process of an `accelerate launch` draws its own share of every step.
 
@@ -54,6 +54,7 @@ class DistillConfig:
     lr: float = 2e-3
     warmup: int = 100
     edge_weight: float = 1.0
+    line_weight: float = 4.0
     save_every: int = 250
     workers: int = 2
     device: str = "auto"
@@ -262,7 +263,7 @@ def distill(config: DistillConfig, show_progress: bool = True) -> dict:
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(counter.step, config)
             photo, drawing = photo.to(accelerator.device), drawing.to(accelerator.device)
-            loss = distillation_loss(student(photo), drawing, config.edge_weight)
+            loss = distillation_loss(student(photo), drawing, config.edge_weight, config.line_weight)
             optimizer.zero_grad(set_to_none=True)
             accelerator.backward(loss)
             optimizer.step()

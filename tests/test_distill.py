@@ -82,6 +82,14 @@ def test_distillation_loss_is_zero_on_agreement_and_the_edge_term_sees_blur():
     assert float(with_edges) > float(plain) > 0.0
     with pytest.raises(ValueError, match="shape"):
         distillation_loss(teacher, teacher[..., :16])
+    # line weighting: a faint copy of the line costs more, a spurious dark pixel on paper costs relatively less
+    faint = teacher.clone()
+    faint[..., 16, 4:28] = 0.6
+    spurious = teacher.clone()
+    spurious[..., 8, 4:28] = 0.4
+    plain = float(distillation_loss(faint, teacher, 0.0)), float(distillation_loss(spurious, teacher, 0.0))
+    weighted = float(distillation_loss(faint, teacher, 0.0, 4.0)), float(distillation_loss(spurious, teacher, 0.0, 4.0))
+    assert plain[0] == pytest.approx(plain[1]) and weighted[0] > 2 * weighted[1]
 
 
 def test_build_pairs_reports_bad_photos_and_keeps_cached_pairs(tmp_path, photos, teacher):

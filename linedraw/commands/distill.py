@@ -15,7 +15,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "distill", help="train a fast student generator to reproduce a teacher checkpoint's drawings",
         description="Draw the photos with the teacher (cached under OUT/pairs/), then train a compact student on "
-                    "random crops with L1 + Sobel-gradient L1. Rerunning the same command resumes; Ctrl-C or "
+                    "random crops with line-weighted L1 + Sobel-gradient L1. Rerunning the same command resumes; Ctrl-C or "
                     "SIGTERM saves first. Multi-GPU: `accelerate launch -m linedraw distill ...`. The student is "
                     "OUT/student.safetensors (+ .json), usable as `--checkpoint` anywhere.")
     parser.add_argument("photos", nargs="+", help="unlabelled photos: files, folders (recursive) or glob patterns")
@@ -32,6 +32,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--warmup", type=int, default=defaults.warmup, help="warm-up steps before cosine decay")
     parser.add_argument("--edge-weight", type=float, default=defaults.edge_weight,
                         help="weight of the Sobel-gradient L1 term (0 = plain L1)")
+    parser.add_argument("--line-weight", type=float, default=defaults.line_weight,
+                        help="extra L1 weight on the teacher's line pixels, so unsure strokes stay dark rather than "
+                             "fade (0 = plain L1; default: %(default)s)")
     parser.add_argument("--save-every", type=int, default=defaults.save_every, help="steps between resume points")
     parser.add_argument("--workers", type=int, default=defaults.workers, help="data-loading processes")
     parser.add_argument("--device", default=defaults.device, help="auto or cpu (accelerate picks the GPU)")
@@ -58,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
             return 2
     config = DistillConfig(photos=args.photos, output_dir=args.output, teacher=args.teacher, student=student,
                            sizes=args.sizes, crop=args.crop, batch_size=args.batch_size, steps=args.steps,
-                           lr=args.lr, warmup=args.warmup, edge_weight=args.edge_weight, save_every=args.save_every,
+                           lr=args.lr, warmup=args.warmup, edge_weight=args.edge_weight, line_weight=args.line_weight,
+                           save_every=args.save_every,
                            workers=args.workers, device=args.device, seed=args.seed)
     try:
         summary = distill(config)
