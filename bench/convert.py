@@ -272,7 +272,8 @@ def main() -> None:
                     failed.append(f"{device} {name}")
                     continue
                 result = json.loads(done.stdout.strip().splitlines()[-1])
-                rows.append({"device": device, "config": name, "images": len(photos), **result})
+                rows.append({"device": device, "config": name, "images": len(photos),
+                             "photo_size": "512x768" if photos is files else "4096x4096", **result})
                 print(f"  {device:5} {name}: {result['images_per_s']:.2f} images/s", flush=True)
     print_table(rows)
     if args.json:
@@ -291,7 +292,8 @@ def print_table(rows: list[dict]) -> None:
     print("|---|---|---:|---:|---:|---:|---:|")
     for r in rows:
         cuda = f"{r['peak_cuda_mb']:.0f}" if "peak_cuda_mb" in r else "-"
-        ratio = f"{r['images_per_s'] / baseline[r['device']]:.2f}x" if r["device"] in baseline else "-"
+        comparable = r["device"] in baseline and r.get("photo_size") == "512x768"  # same photos as the reference
+        ratio = f"{r['images_per_s'] / baseline[r['device']]:.2f}x" if comparable else "-"
         print(f"| {r['device']} | {r['config']} | {r['images']} | {r['images_per_s']:.2f} | {ratio} "
               f"| {r['peak_rss_mb']:.0f} | {cuda} |")
 
