@@ -34,6 +34,8 @@ log = logging.getLogger("linedraw.distill")
 
 #: Resume points kept (the newest and the one before, in case the newest is damaged).
 KEEP_STATES = 2
+#: CPU settings bench/convert.py measured best for the fast_generator student (README, Performance).
+FAST_INFERENCE = {"channels_last": True, "cpu_backend": "onnxruntime"}
 #: Default student: chosen by measurement on 2 CPU cores (README, Performance).
 DEFAULT_STUDENT = {"model": "fast_generator", "kwargs": {"width": 24, "n_blocks": 4, "n_blocks_half": 1,
                                                         "expansion": 2}}
@@ -218,7 +220,7 @@ def distill(config: DistillConfig, show_progress: bool = True) -> dict:
     student_config = {
         **config.student,
         # Measured by bench/convert.py for the fast_generator student on CPU: channels-last and ONNX Runtime win.
-        "inference": {"size": sizes[0], "channels_last": True, "cpu_backend": "onnxruntime"},
+        "inference": {"size": sizes[0], **(FAST_INFERENCE if config.student["model"] == "fast_generator" else {})},
         "distillation": {"teacher": config.teacher, "teacher_model": teacher_config.get("model"),
                          "teacher_kwargs": teacher_config.get("kwargs"), "pairs": len(pairs),
                          "settings": {k: v for k, v in asdict(config).items() if k not in ("output_dir",)}},
