@@ -259,7 +259,8 @@ def distill(config: DistillConfig, show_progress: bool = True) -> dict:
     progress = tqdm(total=config.steps, initial=counter.step, desc="distill", unit="step",
                     disable=not (show_progress and accelerator.is_main_process), dynamic_ncols=True)
     metrics = out / "metrics.jsonl"
-    running, start_time = [], time.time()
+    running: list[torch.Tensor] = []  # detached losses: reading them every step would sync the GPU every step
+    start_time = time.time()
     student.train()
     try:
         for photo, drawing in loader:
@@ -271,10 +272,10 @@ def distill(config: DistillConfig, show_progress: bool = True) -> dict:
             accelerator.backward(loss)
             optimizer.step()
             counter.step += 1
-            running.append(loss.item())
+            running = running[-49:] + [loss.detach()]
             progress.update(1)
             if counter.step % 50 == 0 or counter.step == config.steps:
-                mean = float(np.mean(running[-50:]))
+                mean = float(torch.stack(running).mean())
                 progress.set_postfix(loss=f"{mean:.4f}")
                 if accelerator.is_main_process:
                     with metrics.open("a") as handle:
@@ -293,5 +294,5 @@ def distill(config: DistillConfig, show_progress: bool = True) -> dict:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return {"step": counter.step, "steps": config.steps, "stopped_by": stop["signal"],
-            "loss": float(np.mean(running[-50:])) if running else None, "pairs": len(pairs), "errors": errors,
+            "loss": float(torch.stack(running).mean()) if running else None, "pairs": len(pairs), "errors": errors,
             "student": str(out / "student.safetensors")}
