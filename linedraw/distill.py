@@ -36,8 +36,9 @@ log = logging.getLogger("linedraw.distill")
 KEEP_STATES = 2
 #: CPU settings bench/convert.py measured best for the fast_generator student (README, Performance).
 FAST_INFERENCE = {"channels_last": True, "cpu_backend": "onnxruntime"}
-#: Default student: chosen by measurement on 2 CPU cores (README, Performance).
-DEFAULT_STUDENT = {"model": "fast_generator", "kwargs": {"width": 24, "n_blocks": 4, "n_blocks_half": 1,
+#: Default student, the shipped contour-fast: 8 blocks at 1/4 scale kept 0.965 of the teacher's BSDS500 ODS where
+#: 4 kept 0.947, at ~6 images/s on 2 CPU cores (checkpoints/contour-fast.md, README Performance).
+DEFAULT_STUDENT = {"model": "fast_generator", "kwargs": {"width": 24, "n_blocks": 8, "n_blocks_half": 1,
                                                         "expansion": 2}}
 
 

@@ -44,7 +44,7 @@ class FastGenerator(nn.Module):
     Outputs are in [0, 1]; H and W must be multiples of 4 (use `pad_to_multiple`).
     """
 
-    def __init__(self, in_channels: int = 3, out_channels: int = 1, width: int = 24, n_blocks: int = 4,
+    def __init__(self, in_channels: int = 3, out_channels: int = 1, width: int = 24, n_blocks: int = 8,
                  n_blocks_half: int = 1, expansion: int = 2) -> None:
         super().__init__()
         if min(in_channels, out_channels, width, expansion) < 1 or min(n_blocks, n_blocks_half) < 0:
