@@ -102,6 +102,24 @@ def save_generator(model: nn.Module, path: str | os.PathLike, config: dict[str, 
     return weights
 
 
+def publish_step_dir(root: str | os.PathLike, name: str, keep: int) -> Path:
+    """Rename the finished `root/<name>.tmp` to `root/<name>`, point `root/latest` at it (atomic replace) and
+    delete all but the newest `keep` step directories, so an interrupted save never becomes the resume point."""
+    import shutil
+
+    root = Path(root)
+    final = root / name
+    if final.exists():
+        shutil.rmtree(final)
+    (root / f"{name}.tmp").rename(final)
+    (root / "latest.tmp").write_text(name + "\n")
+    (root / "latest.tmp").replace(root / "latest")
+    done = sorted(p for p in root.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp"))
+    for stale in done[:-keep]:
+        shutil.rmtree(stale)
+    return final
+
+
 def load_generator(name_or_path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
     """Rebuild a generator from a shipped name, a `.safetensors`/`.json` path or a training output dir.
 

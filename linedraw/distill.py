@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 import signal
 import time
 from dataclasses import asdict, dataclass, field
@@ -182,7 +181,7 @@ def distill(config: DistillConfig, show_progress: bool = True) -> dict:
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 
-    from linedraw.checkpoint import load_generator, save_generator
+    from linedraw.checkpoint import load_generator, publish_step_dir, save_generator
     from linedraw.losses import distillation_loss
     from linedraw.models import create_model
 
@@ -233,15 +232,7 @@ def distill(config: DistillConfig, show_progress: bool = True) -> dict:
         accelerator.wait_for_everyone()
         accelerator.save_state(str(tmp))
         if accelerator.is_main_process:
-            final = state_root / name
-            if final.exists():
-                shutil.rmtree(final)
-            tmp.rename(final)
-            (state_root / "latest.tmp").write_text(name + "\n")
-            (state_root / "latest.tmp").replace(latest)
-            kept = sorted(p for p in state_root.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp"))
-            for stale in kept[:-KEEP_STATES]:
-                shutil.rmtree(stale)
+            publish_step_dir(state_root, name, KEEP_STATES)
             student_config["distillation"]["steps"] = counter.step
             save_generator(accelerator.unwrap_model(student), out / "student", student_config)
         accelerator.wait_for_everyone()

@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from linedraw.checkpoint import CheckpointError, list_checkpoints, load_generator, save_generator
+from linedraw.checkpoint import CheckpointError, list_checkpoints, load_generator, publish_step_dir, save_generator
 from linedraw.models import create_model
 
 TINY = {"model": "resnet_generator", "kwargs": {"in_channels": 3, "out_channels": 1, "ngf": 8, "n_blocks": 1}}
@@ -68,6 +68,18 @@ def test_training_output_dir_uses_latest(tmp_path):
     (tmp_path / "checkpoints" / "latest").write_text("step_00000010\n")
     torch.testing.assert_close(load_generator(tmp_path)[0](x), old(x))
     torch.testing.assert_close(load_generator(tmp_path / "checkpoints" / "step_00000020")[0](x), new(x))
+
+
+def test_publish_step_dir_moves_latest_and_keeps_the_newest(tmp_path):
+    root = tmp_path / "checkpoints"
+    (root / "step_00000099.tmp").mkdir(parents=True)  # an interrupted save: never latest, never pruned
+    for step in (10, 20, 30):
+        save_generator(_tiny(), root / f"step_{step:08d}.tmp" / "G_A", TINY)
+        final = publish_step_dir(root, f"step_{step:08d}", keep=2)
+        assert final == root / f"step_{step:08d}" and (final / "G_A.safetensors").is_file()
+        assert (root / "latest").read_text().strip() == f"step_{step:08d}"
+    assert sorted(p.name for p in root.iterdir()) == ["latest", "step_00000020", "step_00000030", "step_00000099.tmp"]
+    load_generator(tmp_path)  # a training output dir resolves through latest
 
 
 def test_shipped_names_from_env_dir(tmp_path, monkeypatch):

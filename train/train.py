@@ -14,7 +14,6 @@ import argparse
 import itertools
 import json
 import logging
-import shutil
 import signal
 import sys
 import time
@@ -29,7 +28,7 @@ from torch.utils.data import DataLoader
 from torchvision.utils import make_grid, save_image
 from tqdm.auto import tqdm
 
-from linedraw.checkpoint import save_generator
+from linedraw.checkpoint import publish_step_dir, save_generator
 from linedraw.config import ConfigError, TrainConfig, load_config, save_config, to_dict
 from linedraw.data.unpaired import EpochSampler, UnpairedDataset
 from linedraw.losses.cycle import cycle_loss
@@ -233,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     def save_checkpoint() -> None:
         """Full state (atomically: written beside, then renamed) + G_A for conversion; keeps the newest few."""
         name = f"step_{state.step:08d}"
-        final, tmp = ckpt_root / name, ckpt_root / f"{name}.tmp"
+        tmp = ckpt_root / f"{name}.tmp"
         accelerator.wait_for_everyone()
         accelerator.save_state(str(tmp))
         if accelerator.is_main_process:
@@ -246,15 +245,7 @@ def main(argv: list[str] | None = None) -> int:
                              "loss_weights": to_dict(cfg)["loss"], "notes": cfg.notes},
             }
             save_generator(accelerator.unwrap_model(G_A), tmp / "G_A", generator_config)
-            if final.exists():
-                shutil.rmtree(final)
-            tmp.rename(final)
-            (ckpt_root / "latest.tmp").write_text(name + "\n")
-            (ckpt_root / "latest.tmp").replace(latest)
-            old = sorted(p for p in ckpt_root.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp"))
-            for stale in old[:-cfg.log.keep]:
-                shutil.rmtree(stale)
-            log.info("saved %s", final)
+            log.info("saved %s", publish_step_dir(ckpt_root, name, cfg.log.keep))
         accelerator.wait_for_everyone()
 
     stop = {"signal": None}
