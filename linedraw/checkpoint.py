@@ -26,6 +26,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from linedraw.errors import LinedrawError
 from linedraw.images import write_atomic
 
 #: Environment variable listing extra directories of shipped checkpoints (searched first).
@@ -36,7 +37,7 @@ METADATA_KEY = "linedraw_config"
 TRAINING_STEM = "G_A"
 
 
-class CheckpointError(Exception):
+class CheckpointError(LinedrawError):
     """A checkpoint that cannot be found or used; the message says what was looked for."""
 
 

@@ -38,9 +38,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `linedraw` console script; returns the process exit code."""
+    """Entry point of the `linedraw` console script; returns the process exit code.
+
+    A `LinedrawError` (something the user can fix) is printed as one line with exit code 2; Ctrl-C exits 130
+    without a traceback; any other exception is a bug and keeps its traceback.
+    """
+    from linedraw.errors import LinedrawError
+
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except LinedrawError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from linedraw.errors import LinedrawError
 
 @dataclass
 class PhotoSource:
@@ -129,7 +130,7 @@ class TrainConfig:
     notes: str = ""  # free text carried into checkpoints and model cards (e.g. which teacher is a stand-in)
 
 
-class ConfigError(ValueError):
+class ConfigError(LinedrawError, ValueError):
     """A config file or override that does not match TrainConfig."""
 
 

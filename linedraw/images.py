@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from linedraw.errors import LinedrawError
+
 PathLike = Union[str, "os.PathLike[str]"]
 
 #: Largest image `open_image` decodes by default (128 Mpx, below Pillow's own bomb limit of ~179 Mpx).
@@ -39,7 +41,7 @@ def display_path(path: PathLike) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
-class ImageError(Exception):
+class ImageError(LinedrawError):
     """An image file that cannot be used; `str()` is `"<path>: <reason>"`."""
 
     def __init__(self, path: PathLike, reason: str) -> None:

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from linedraw.errors import LinedrawError
+
 
 class FrozenModule(nn.Module):
     """A pretrained helper that stays frozen: `.train()` keeps it in eval mode, `freeze()` stops its grads.
@@ -56,7 +58,7 @@ def resize(images: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
     return out.clamp(0.0, 1.0)
 
 
-class MissingWeightsError(FileNotFoundError):
+class MissingWeightsError(LinedrawError, FileNotFoundError):
     """Pretrained weights a teacher needs are not installed or not at the given path; the message says how to get them."""
 
 
