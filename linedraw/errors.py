@@ -17,3 +17,11 @@ class UsageError(LinedrawError, ValueError):
 
 class BusyError(LinedrawError):
     """A resource (an index, a run folder) is held by another writer."""
+
+
+class MissingFileError(LinedrawError, FileNotFoundError):
+    """A file or folder the caller named does not exist (or holds nothing usable); the message names it."""
+
+
+class MissingDependencyError(LinedrawError, ImportError):
+    """An optional dependency is not installed; the message says which extra to install."""
