@@ -40,8 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `linedraw` console script; returns the process exit code.
 
-    A `LinedrawError` (something the user can fix) is printed as one line with exit code 2; Ctrl-C exits 130
-    without a traceback; any other exception is a bug and keeps its traceback.
+    A `LinedrawError` (something the user can fix), or an operating-system error about a named file (missing,
+    unreadable, read-only), is printed as one line with exit code 2; Ctrl-C exits 130 without a traceback; any
+    other exception is a bug and keeps its traceback.
     """
     from linedraw.errors import LinedrawError
 
@@ -50,6 +51,11 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except LinedrawError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.filename is None:
+            raise
+        print(f"error: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

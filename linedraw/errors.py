@@ -25,3 +25,7 @@ class MissingFileError(LinedrawError, FileNotFoundError):
 
 class MissingDependencyError(LinedrawError, ImportError):
     """An optional dependency is not installed; the message says which extra to install."""
+
+
+class InvalidFileError(LinedrawError, ValueError):
+    """A file that exists but whose contents cannot be used (wrong format, shape or fields); names the file."""

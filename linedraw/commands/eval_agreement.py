@@ -23,16 +23,12 @@ def register(eval_subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Exit 0 when every matched pair was compared, 1 when some failed or none matched, 2 on bad input."""
+    from linedraw.errors import UsageError
     from linedraw.eval.agreement import folder_agreement
 
     if not 0.0 < args.threshold < 1.0:
-        print("error: --threshold must be between 0 and 1", file=sys.stderr)
-        return 2
-    try:
-        report = folder_agreement(args.a, args.b, args.threshold)
-    except FileNotFoundError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        raise UsageError("--threshold must be between 0 and 1")
+    report = folder_agreement(args.a, args.b, args.threshold)
     for line in report.errors:
         print(f"failed: {line}", file=sys.stderr)
     if report.unmatched:

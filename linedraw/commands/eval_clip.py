@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 DESCRIPTION = """\
 Classify each drawing zero-shot over a label vocabulary and report the mean probability of its reference
@@ -40,12 +39,13 @@ def register(eval_subparsers: argparse._SubParsersAction) -> None:
 def build_classifier(args: argparse.Namespace):
     """The classifier and a description of its vocabulary, from the command-line options."""
     from linedraw.convert import resolve_device
+    from linedraw.errors import UsageError
     from linedraw.eval import recognizability as rec
 
     device = resolve_device(args.device)
     if args.classifier == "efficientnet-lite0":
         if args.labels:
-            raise ValueError("--labels does not apply to efficientnet-lite0, whose labels are the ImageNet classes")
+            raise UsageError("--labels does not apply to efficientnet-lite0, whose labels are the ImageNet classes")
         return rec.load_offline_classifier(device), "ImageNet-1k classes of the classifier"
     if args.labels:
         labels, vocabulary = rec.read_labels(args.labels), f"from {args.labels}"
@@ -62,13 +62,9 @@ def run(args: argparse.Namespace) -> int:
     from linedraw.eval import write_json
     from linedraw.eval.recognizability import evaluate_recognizability, report_lines
 
-    try:
-        classifier, vocabulary = build_classifier(args)
-        report = evaluate_recognizability(classifier, args.photos, args.drawings, vocabulary, args.batch_size,
-                                          progress=not args.no_progress)
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    classifier, vocabulary = build_classifier(args)
+    report = evaluate_recognizability(classifier, args.photos, args.drawings, vocabulary, args.batch_size,
+                                      progress=not args.no_progress)
     if args.json == "-":
         print(json.dumps(report.to_dict(), indent=2))
     else:

@@ -36,12 +36,12 @@ def register(eval_subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from linedraw.commands.eval_clip import build_classifier
+    from linedraw.errors import UsageError
     from linedraw.eval import write_json
     from linedraw.eval.compare import compare, format_table
 
     if len(args.checkpoints) < 2:
-        print("error: compare needs at least two checkpoints", file=sys.stderr)
-        return 2
+        raise UsageError("compare needs at least two checkpoints")
     gt = args.gt
     default_gt = Path(args.photos).resolve().parent / "groundTruth"
     if gt is None and default_gt.is_dir():
@@ -49,14 +49,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"ground truth: {gt}")
     if args.no_edges:
         gt = None
-    try:
-        classifier, vocabulary = build_classifier(args)
-        result = compare(args.checkpoints, args.photos, args.out, classifier, vocabulary, gt=gt, size=args.size,
-                         device=args.device, edge_thresholds=args.edge_thresholds, study_n=args.n, seed=args.seed,
-                         workers=args.workers, progress=not args.no_progress)
-    except (FileNotFoundError, ValueError, RuntimeError, ImportError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    classifier, vocabulary = build_classifier(args)
+    result = compare(args.checkpoints, args.photos, args.out, classifier, vocabulary, gt=gt, size=args.size,
+                     device=args.device, edge_thresholds=args.edge_thresholds, study_n=args.n, seed=args.seed,
+                     workers=args.workers, progress=not args.no_progress)
     table = format_table(result)
     print(table)
     out = Path(args.out)

@@ -36,13 +36,9 @@ def register(eval_subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from linedraw.eval.edges import evaluate_edges, iter_report_lines
 
-    try:
-        report = evaluate_edges(args.drawings, args.gt, n_thresholds=args.thresholds, max_dist=args.max_dist,
-                                thin=not args.no_thin, nms=args.nms, edge_maps=args.edge_maps,
-                                workers=args.workers, counts_file=args.counts, progress=not args.no_progress)
-    except (FileNotFoundError, ValueError, ImportError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    report = evaluate_edges(args.drawings, args.gt, n_thresholds=args.thresholds, max_dist=args.max_dist,
+                            thin=not args.no_thin, nms=args.nms, edge_maps=args.edge_maps,
+                            workers=args.workers, counts_file=args.counts, progress=not args.no_progress)
     payload = report.to_dict()
     if args.json == "-":
         print(json.dumps(payload, indent=2))

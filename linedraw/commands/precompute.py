@@ -17,7 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--estimator", required=True,
                         help="hed[:WEIGHTS_H5] (edges, offline), midas[:MODEL_TYPE] (depth; downloads through "
                              "torch.hub; types DPT_Large (default), DPT_Hybrid, MiDaS, MiDaS_small)")
-    parser.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default: auto)")
     parser.add_argument("--size", type=int, default=None,
                         help="cap the longer side the estimator sees (maps are resized back to the photo's size)")
     parser.add_argument("--overwrite", action="store_true", help="recompute maps that already exist")
@@ -26,26 +26,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Handle `linedraw precompute`; returns 1 when any photo failed, 2 on a usage error."""
-    import torch
-
+    from linedraw.convert import resolve_device
+    from linedraw.errors import MissingFileError, UsageError
     from linedraw.images import list_images
     from linedraw.teachers.targets import build_estimator, precompute
 
     if args.size is not None and args.size < 1:
-        print("error: --size must be a positive number of pixels", file=sys.stderr)
-        return 2
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+        raise UsageError("--size must be a positive number of pixels")
+    device = resolve_device(args.device)
     photos = [path for path, _ in list_images(args.photos)]
     if not photos:
-        print(f"error: no images found in {' '.join(args.photos)}", file=sys.stderr)
-        return 2
-    try:
-        estimator = build_estimator(args.estimator)
-        summary = precompute(photos, args.output, estimator, size=args.size, skip_existing=not args.overwrite,
-                             device=device)
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        raise MissingFileError(f"no images found in {' '.join(args.photos)}")
+    estimator = build_estimator(args.estimator)
+    summary = precompute(photos, args.output, estimator, size=args.size, skip_existing=not args.overwrite,
+                         device=device)
     print(f"{args.output}: {summary}")
     for photo, reason in summary.failed:
         print(f"failed: {photo}: {reason}", file=sys.stderr)

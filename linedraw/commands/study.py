@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -44,13 +43,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def parse_methods(items: list[str]) -> dict[str, str]:
     """`NAME=DIR` strings -> {name: dir}, in order; names must be unique and non-empty."""
+    from linedraw.errors import UsageError
+
     methods: dict[str, str] = {}
     for item in items:
         name, sep, directory = item.partition("=")
         if not sep or not name or not directory:
-            raise ValueError(f"--method {item!r}: expected NAME=DIR")
+            raise UsageError(f"--method {item!r}: expected NAME=DIR")
         if name in methods:
-            raise ValueError(f"--method {name!r} given twice")
+            raise UsageError(f"--method {name!r} given twice")
         methods[name] = directory
     return methods
 
@@ -58,13 +59,9 @@ def parse_methods(items: list[str]) -> dict[str, str]:
 def run_export(args: argparse.Namespace) -> int:
     from linedraw.eval.study import DEFAULT_QUESTION, export_study
 
-    try:
-        result = export_study(args.photos, parse_methods(args.method), args.out, n=args.n, seed=args.seed,
-                              question=args.question or DEFAULT_QUESTION, attention=args.attention, tag=args.tag,
-                              study_id=args.study_id, title=args.title)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    result = export_study(args.photos, parse_methods(args.method), args.out, n=args.n, seed=args.seed,
+                          question=args.question or DEFAULT_QUESTION, attention=args.attention, tag=args.tag,
+                          study_id=args.study_id, title=args.title)
     checks = sum(t.kind != "pair" for t in result.trials)
     print(f"{result.out_dir / 'index.html'}: {len(result.trials)} trials ({result.photos} photos, "
           f"{checks} attention checks); manifest {result.out_dir / 'trials.csv'}")
@@ -80,11 +77,7 @@ def run_analyze(args: argparse.Namespace) -> int:
     from linedraw.eval import write_json
     from linedraw.eval.study import analyze_study, format_analysis, read_trials
 
-    try:
-        analysis = analyze_study(args.responses, read_trials(args.trials), args.max_attention_errors)
-    except (ValueError, FileNotFoundError, KeyError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    analysis = analyze_study(args.responses, read_trials(args.trials), args.max_attention_errors)
     if args.json == "-":
         print(json.dumps(analysis.to_dict(), indent=2))
     else:

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from linedraw.errors import InvalidFileError
+
 
 def drawing_agreement(a: np.ndarray, b: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
     """Compare two drawings in [0, 1] (dark lines on white) of one photo.
@@ -14,7 +16,7 @@ def drawing_agreement(a: np.ndarray, b: np.ndarray, threshold: float = 0.5) -> d
     and `line_iou` (intersection over union of the pixels darker than `threshold`; 1 when neither has lines).
     """
     if a.shape != b.shape:
-        raise ValueError(f"drawings differ in shape: {a.shape} vs {b.shape}")
+        raise InvalidFileError(f"drawings differ in shape: {a.shape} vs {b.shape}")
     line_a, line_b = a < threshold, b < threshold
     union = np.logical_or(line_a, line_b).sum()
     return {

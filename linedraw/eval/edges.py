@@ -17,6 +17,7 @@ from typing import Iterable, Iterator, Mapping
 
 import numpy as np
 
+from linedraw.errors import InvalidFileError, MissingDependencyError, MissingFileError, UsageError
 from linedraw.eval import write_json
 
 #: Match tolerance as a fraction of the image diagonal, the BSDS500 benchmark's default.
@@ -30,7 +31,7 @@ _PYEDGEEVAL_INSTALL = "pip install pyEdgeEval opencv-python-headless  (or: pip i
 def thresholds(n: int = DEFAULT_THRESHOLDS) -> np.ndarray:
     """`n` thresholds evenly spaced strictly inside (0, 1), as the benchmark uses (99 -> 0.01 ... 0.99)."""
     if n < 1:
-        raise ValueError(f"need at least one threshold, got {n}")
+        raise UsageError(f"need at least one threshold, got {n}")
     return np.linspace(1.0 / (n + 1), 1.0 - 1.0 / (n + 1), n)
 
 
@@ -39,14 +40,14 @@ def load_boundaries(path: str | os.PathLike) -> np.ndarray:
     try:
         with np.load(path) as data:
             if "boundaries" not in data:
-                raise ValueError(f"{path}: no 'boundaries' array (found {sorted(data.files)})")
+                raise InvalidFileError(f"{path}: no 'boundaries' array (found {sorted(data.files)})")
             boundaries = np.asarray(data["boundaries"], dtype=bool)
     except (OSError, EOFError) as exc:
-        raise ValueError(f"{path}: cannot read ground truth: {exc}") from None
+        raise InvalidFileError(f"{path}: cannot read ground truth: {exc}") from None
     if boundaries.ndim == 2:
         boundaries = boundaries[None]
     if boundaries.ndim != 3 or boundaries.shape[0] == 0:
-        raise ValueError(f"{path}: 'boundaries' must be (annotators, H, W), got shape {boundaries.shape}")
+        raise InvalidFileError(f"{path}: 'boundaries' must be (annotators, H, W), got shape {boundaries.shape}")
     return boundaries
 
 
@@ -66,7 +67,7 @@ def match_counts(edges: np.ndarray, boundaries: np.ndarray, thresholds: np.ndarr
     correspond_pixels, binary_thin, fast_nms = _pyedgeeval()
     edges = np.asarray(edges, dtype=np.float64)
     if edges.shape != boundaries.shape[1:]:
-        raise ValueError(f"edge map {edges.shape} and ground truth {boundaries.shape[1:]} differ in size")
+        raise InvalidFileError(f"edge map {edges.shape} and ground truth {boundaries.shape[1:]} differ in size")
     if nms:
         edges = fast_nms(edges, r=1, s=5, m=1.01, half_prec=False)
     counts = np.zeros((4, len(thresholds)))
@@ -181,7 +182,7 @@ def evaluate_edges(drawings: str | os.PathLike, ground_truth: str | os.PathLike,
     _pyedgeeval()  # fail fast with the install hint, before any work
     gt_files = {p.stem: p for p in sorted(Path(ground_truth).glob("*.npz"))}
     if not gt_files:
-        raise FileNotFoundError(f"{ground_truth}: no ground-truth .npz files")
+        raise MissingFileError(f"{ground_truth}: no ground-truth .npz files")
     drawing_files: dict[str, Path] = {}
     for path, _ in list_images([drawings]):
         drawing_files.setdefault(path.stem, path)
@@ -246,7 +247,7 @@ def _load_counts(path: str | os.PathLike | None, settings: dict) -> dict[str, np
     with open(path) as handle:
         saved = json.load(handle)
     if saved.get("settings") != settings:
-        raise ValueError(f"{path}: saved counts were made with {saved.get('settings')}, not {settings}; "
+        raise InvalidFileError(f"{path}: saved counts were made with {saved.get('settings')}, not {settings}; "
                          "use another --counts file or delete it")
     return {name: np.asarray(value, dtype=np.float64) for name, value in saved["counts"].items()}
 
@@ -272,7 +273,8 @@ def _pyedgeeval() -> tuple:
             from pyEdgeEval._lib import correspond_pixels
             from pyEdgeEval.preprocess import binary_thin, fast_nms
     except ImportError as exc:
-        raise ImportError(f"the edge benchmark needs pyEdgeEval ({exc}); install: {_PYEDGEEVAL_INSTALL}") from exc
+        raise MissingDependencyError(f"the edge benchmark needs pyEdgeEval ({exc}); "
+                                     f"install: {_PYEDGEEVAL_INSTALL}") from exc
     return correspond_pixels, binary_thin, fast_nms
 
 

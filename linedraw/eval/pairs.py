@@ -5,6 +5,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 
+from linedraw.errors import MissingFileError
+
 
 @dataclass
 class Pairing:
@@ -25,7 +27,7 @@ def index_images(root: str | os.PathLike) -> dict[str, tuple[Path, Path]]:
     from linedraw.images import list_images
 
     if not Path(root).is_dir():
-        raise FileNotFoundError(f"{root}: not a folder")
+        raise MissingFileError(f"{root}: not a folder")
     index: dict[str, tuple[Path, Path]] = {}
     for path, relative in list_images([root]):
         index.setdefault(image_key(relative), (path, relative))

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from linedraw.errors import InvalidFileError, UsageError
+
 DEFAULT_TEMPLATE = "a drawing of a {}"
 DEFAULT_PHOTO_TEMPLATE = "a photo of a {}"
 OFFLINE_CLASSIFIER = "efficientnet-lite0"
@@ -33,7 +35,7 @@ class ZeroShotClassifier:
                  device: str | torch.device = "cpu") -> None:
         for text in (template, photo_template):
             if "{}" not in text:
-                raise ValueError(f"prompt template {text!r} needs a '{{}}' where the label goes")
+                raise UsageError(f"prompt template {text!r} needs a '{{}}' where the label goes")
         self.model = model.to(device).eval().requires_grad_(False)
         self.preprocess = preprocess
         self.labels = list(labels)
@@ -130,11 +132,11 @@ def read_labels(path: str | os.PathLike) -> list[str]:
     labels = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines()]
     labels = [label for label in labels if label and not label.startswith("#")]
     if not labels:
-        raise ValueError(f"{path}: no labels")
+        raise InvalidFileError(f"{path}: no labels")
     seen: set[str] = set()
     for label in labels:
         if normalize_label(label) in seen:
-            raise ValueError(f"{path}: label {label!r} appears twice")
+            raise InvalidFileError(f"{path}: label {label!r} appears twice")
         seen.add(normalize_label(label))
     return labels
 

@@ -20,6 +20,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
+from linedraw.errors import InvalidFileError, UsageError
 from linedraw.eval.stats import binomial_test, wilson_interval
 from linedraw.images import write_text_atomic
 
@@ -70,7 +71,7 @@ def export_study(photos: str | os.PathLike, methods: Mapping[str, str | os.PathL
     from linedraw.images import ImageError, display_path, open_image, save_image
 
     if len(methods) < 2:
-        raise ValueError("a two-alternative study needs at least two methods")
+        raise UsageError("a two-alternative study needs at least two methods")
     out = Path(out_dir)
     study_id = study_id or out.resolve().name
     photo_index = index_images(photos)
@@ -82,7 +83,7 @@ def export_study(photos: str | os.PathLike, methods: Mapping[str, str | os.PathL
         missing[method] = sorted(key for key in photo_index if key not in drawings[method])
     eligible = sorted(key for key in photo_index if all(key in d for d in drawings.values()))
     if not eligible:
-        raise ValueError(f"no photo in {photos} has a drawing from every method")
+        raise UsageError(f"no photo in {photos} has a drawing from every method")
     rng = random.Random(seed)
     chosen = sorted(rng.sample(eligible, min(n, len(eligible))))
 
@@ -317,5 +318,5 @@ def _read_csv(path: str | os.PathLike, required: Sequence[str]) -> list[dict[str
         reader = csv.DictReader(handle)
         missing = [column for column in required if column not in (reader.fieldnames or [])]
         if missing:
-            raise ValueError(f"{path}: missing column(s) {', '.join(missing)}")
+            raise InvalidFileError(f"{path}: missing column(s) {', '.join(missing)}")
         return list(reader)

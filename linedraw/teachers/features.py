@@ -8,6 +8,7 @@ from typing import Sequence
 
 import torch
 
+from linedraw.errors import InvalidFileError
 from linedraw.teachers.base import FrozenModule, Normalize
 from linedraw.teachers.semantic import create_timm_model
 
@@ -40,7 +41,7 @@ class FeatureExtractor(FrozenModule):
         own = self.net.state_dict()
         missing = [k for k in own if k not in full_state]
         if missing:
-            raise RuntimeError(f"{self.backbone_name}: the weights lack {len(missing)} backbone tensors, "
+            raise InvalidFileError(f"{self.backbone_name}: the weights lack {len(missing)} backbone tensors, "
                                f"e.g. {missing[:3]}")
         self.net.load_state_dict({k: full_state[k] for k in own}, strict=True)
 

