@@ -21,7 +21,6 @@ from linedraw.errors import InvalidFileError, UsageError
 
 DEFAULT_TEMPLATE = "a drawing of a {}"
 DEFAULT_PHOTO_TEMPLATE = "a photo of a {}"
-OFFLINE_CLASSIFIER = "efficientnet-lite0"
 
 
 class ZeroShotClassifier:
