@@ -7,7 +7,7 @@ import importlib
 # Each module exposes `register(eval_subparsers)` and sets `func` on its parser.
 EVAL_MODULES: list[str] = ["linedraw.commands.eval_retrieval", "linedraw.commands.eval_clip",
                            "linedraw.commands.eval_edges", "linedraw.commands.eval_compare",
-                           "linedraw.commands.eval_agreement"]
+                           "linedraw.commands.eval_agreement", "linedraw.commands.eval_strokes"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
