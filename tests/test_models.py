@@ -1,13 +1,19 @@
-"""Models: registry, generator shapes/ranges/size checks, padding, PatchGAN geometry, image pool, geometry head."""
+"""Models: registry, generator shapes/ranges/size checks and upsampling modes, padding, PatchGAN geometry, image
+pool, geometry head."""
 from __future__ import annotations
 
 import io
+from pathlib import Path
+
+import numpy as np
 
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from linedraw.models import (
+    FastGenerator,
     GeometryHead,
     ImagePool,
     PatchDiscriminator,
@@ -50,6 +56,63 @@ def test_generator_paper_size_has_three_blocks():
     assert not [m for m in g.modules() if isinstance(m, (nn.BatchNorm2d, nn.ZeroPad2d))]
     assert any(isinstance(m, nn.ReflectionPad2d) for m in g.modules())
     assert any(isinstance(m, nn.InstanceNorm2d) for m in g.modules())
+
+
+@pytest.mark.parametrize("build", [lambda **kw: create_model("resnet_generator", upsample="resize", **kw),
+                                   lambda **kw: create_model("resnet_generator_resize", **kw)])
+def test_resize_upsampling_variant_builds_without_transposed_convolutions(build):
+    g = build(in_channels=1, out_channels=3, ngf=8, n_blocks=1)
+    assert not any(isinstance(m, nn.ConvTranspose2d) for m in g.modules())
+    assert sum(isinstance(m, nn.Upsample) for m in g.modules()) == 2
+    y = g(torch.rand(2, 1, 32, 24))
+    assert y.shape == (2, 3, 32, 24) and y.min() >= 0 and y.max() <= 1
+    by_kwarg = create_model("resnet_generator", in_channels=1, out_channels=3, ngf=8, n_blocks=1, upsample="resize")
+    assert {k: v.shape for k, v in g.state_dict().items()} == {k: v.shape for k, v in by_kwarg.state_dict().items()}
+
+
+def test_generator_rejects_unknown_upsample_mode():
+    with pytest.raises(ValueError, match="upsample='bicubic'.*transpose, resize"):
+        ResnetGenerator(ngf=8, n_blocks=1, upsample="bicubic")
+    with pytest.raises(TypeError):
+        create_model("resnet_generator_resize", upsample="transpose")
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_resize_upsampling_leaves_no_stride_2_checkerboard(seed):
+    pytest.importorskip("skimage", reason="linedraw.eval.strokes needs scikit-image")
+    from linedraw.eval.strokes import checkerboard_energy
+
+    photo = F.interpolate(torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(seed)), size=(64, 64),
+                          mode="bilinear", align_corners=False)
+    energy = {}
+    for upsample in ("transpose", "resize"):
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            energy[upsample] = checkerboard_energy(ResnetGenerator(ngf=8, n_blocks=1, upsample=upsample)(photo)[0, 0].numpy())
+    assert energy["transpose"] > 0.05  # untrained transposed convolutions print the stride-2 pattern
+    assert energy["resize"] < energy["transpose"] / 50
+
+
+def test_size_multiple_is_a_property_of_the_model_class():
+    from linedraw.models import generator, student
+
+    assert ResnetGenerator.size_multiple == generator.SIZE_MULTIPLE == 4
+    assert FastGenerator.size_multiple == student.SIZE_MULTIPLE == 4
+    assert create_model("resnet_generator_resize", ngf=8, n_blocks=1).size_multiple == 4
+
+
+SAMPLES = Path(__file__).resolve().parents[1] / "samples"
+
+
+@pytest.mark.skipif(not (SAMPLES / "drawings" / "camera.png").is_file(), reason="samples/ not in this checkout")
+def test_default_transpose_upsampling_still_draws_the_shipped_samples():
+    import linedraw
+    from PIL import Image
+
+    drawing = linedraw.load("contour", device="cpu")(Image.open(SAMPLES / "photos" / "camera.jpg"))
+    shipped = Image.open(SAMPLES / "drawings" / "camera.png").convert("L")
+    assert drawing.size == shipped.size
+    assert np.abs(np.asarray(drawing, np.int16) - np.asarray(shipped, np.int16)).max() <= 1  # 8-bit rounding
 
 
 def test_generator_rejects_sizes_not_multiple_of_4_and_wrong_channels():

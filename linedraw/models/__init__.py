@@ -36,7 +36,7 @@ def list_models() -> list[str]:
 
 # Importing the modules registers their models.
 from linedraw.models.discriminator import PatchDiscriminator  # noqa: E402
-from linedraw.models.generator import ResnetGenerator, crop_to, pad_to_multiple  # noqa: E402
+from linedraw.models.generator import ResnetGenerator, crop_to, pad_to_multiple, resnet_generator_resize  # noqa: E402
 from linedraw.models.geometry import GeometryHead  # noqa: E402
 from linedraw.models.pool import ImagePool  # noqa: E402
 from linedraw.models.student import FastGenerator  # noqa: E402
@@ -46,6 +46,7 @@ __all__ = [
     "create_model",
     "list_models",
     "ResnetGenerator",
+    "resnet_generator_resize",
     "FastGenerator",
     "PatchDiscriminator",
     "GeometryHead",

@@ -1,4 +1,10 @@
-"""ResNet generator of CycleGAN / Informative Drawings: photo (3 ch) -> drawing (1 ch) and back."""
+"""ResNet generator of CycleGAN / Informative Drawings: photo (3 ch) -> drawing (1 ch) and back.
+
+Two ways back up from the 1/4-scale bottleneck: `upsample="transpose"` (stride-2 transposed convolutions, the
+paper's and every shipped checkpoint's) and `upsample="resize"` (nearest-neighbour x2 then a 3x3 convolution,
+Odena et al. 2016, "Deconvolution and checkerboard artifacts": every output pixel gets the same number of kernel
+taps, so the stride-2 checkerboard cannot appear). `resnet_generator_resize` is the registered resize variant.
+"""
 from __future__ import annotations
 
 import torch
@@ -7,10 +13,13 @@ import torch.nn.functional as F
 
 from linedraw.models import register_model
 
-#: Two stride-2 downsamplings: inputs must have H and W divisible by this.
+#: Two stride-2 downsamplings: inputs must have H and W divisible by this. Kept as an alias of
+#: `ResnetGenerator.size_multiple`, which callers should read from the model they run.
 SIZE_MULTIPLE = 4
 #: Smallest side: the 1/4-size bottleneck needs 2 pixels for its reflection padding.
 MIN_SIZE = 8
+#: The `upsample` choices of `ResnetGenerator`.
+UPSAMPLE_MODES = ("transpose", "resize")
 
 
 class ResidualBlock(nn.Module):
@@ -36,17 +45,24 @@ class ResidualBlock(nn.Module):
 class ResnetGenerator(nn.Module):
     """c7s1-ngf, two stride-2 downsamplings, `n_blocks` residual blocks, two upsamplings, c7s1-out, sigmoid.
 
-    Outputs are in [0, 1]. Input H and W must be multiples of 4 and at least 8 (use `pad_to_multiple` for
-    other sizes).
+    Outputs are in [0, 1]. Input H and W must be multiples of `size_multiple` and at least 8 (use
+    `pad_to_multiple` for other sizes). `upsample` is "transpose" (transposed convolutions) or "resize"
+    (nearest-neighbour x2 + reflection-padded 3x3 convolution); see the module docstring.
     """
 
-    def __init__(self, in_channels: int = 3, out_channels: int = 1, ngf: int = 64, n_blocks: int = 3) -> None:
+    #: Input H and W must be divisible by this (two stride-2 downsamplings).
+    size_multiple: int = SIZE_MULTIPLE
+
+    def __init__(self, in_channels: int = 3, out_channels: int = 1, ngf: int = 64, n_blocks: int = 3,
+                 upsample: str = "transpose") -> None:
         super().__init__()
         if min(in_channels, out_channels, ngf) < 1 or n_blocks < 0:
             raise ValueError(
                 f"invalid generator size: in_channels={in_channels}, out_channels={out_channels}, "
                 f"ngf={ngf}, n_blocks={n_blocks}"
             )
+        if upsample not in UPSAMPLE_MODES:
+            raise ValueError(f"upsample={upsample!r} must be one of {', '.join(UPSAMPLE_MODES)}")
         self.in_channels = in_channels
         self.out_channels = out_channels
         layers: list[nn.Module] = [
@@ -65,8 +81,15 @@ class ResnetGenerator(nn.Module):
             channels *= 2
         layers += [ResidualBlock(channels) for _ in range(n_blocks)]
         for _ in range(2):
+            if upsample == "transpose":
+                up: list[nn.Module] = [
+                    nn.ConvTranspose2d(channels, channels // 2, 3, stride=2, padding=1, output_padding=1)
+                ]
+            else:
+                up = [nn.Upsample(scale_factor=2, mode="nearest"), nn.ReflectionPad2d(1),
+                      nn.Conv2d(channels, channels // 2, 3)]
             layers += [
-                nn.ConvTranspose2d(channels, channels // 2, 3, stride=2, padding=1, output_padding=1),
+                *up,
                 nn.InstanceNorm2d(channels // 2),
                 nn.ReLU(inplace=True),
             ]
@@ -78,14 +101,20 @@ class ResnetGenerator(nn.Module):
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"expected a (B, {self.in_channels}, H, W) tensor, got shape {tuple(x.shape)}")
         h, w = x.shape[-2:]
-        if h % SIZE_MULTIPLE or w % SIZE_MULTIPLE:
+        if h % self.size_multiple or w % self.size_multiple:
             raise ValueError(
-                f"input height and width must be multiples of {SIZE_MULTIPLE}, got {h}x{w}; "
+                f"input height and width must be multiples of {self.size_multiple}, got {h}x{w}; "
                 "pad with linedraw.models.pad_to_multiple and crop the output back with crop_to"
             )
         if h < MIN_SIZE or w < MIN_SIZE:
             raise ValueError(f"input height and width must be at least {MIN_SIZE}, got {h}x{w}")
         return self.model(x)
+
+
+@register_model("resnet_generator_resize")
+def resnet_generator_resize(**kwargs) -> ResnetGenerator:
+    """`ResnetGenerator` with resize-convolution upsampling (`upsample="resize"`), registered by name."""
+    return ResnetGenerator(upsample="resize", **kwargs)
 
 
 def pad_to_multiple(

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 
 from linedraw.models import register_model
 
-#: One pixel unshuffle and one stride-2 convolution: inputs must have H and W divisible by this.
+#: One pixel unshuffle and one stride-2 convolution: inputs must have H and W divisible by this. Kept as an
+#: alias of `FastGenerator.size_multiple`, which callers should read from the model they run.
 SIZE_MULTIPLE = 4
 
 
@@ -41,8 +42,11 @@ class FastGenerator(nn.Module):
     """Pixel-unshuffle stem -> 1/2 scale (`width` ch) -> 1/4 scale (`2 * width` ch, `n_blocks` inverted residual
     blocks) -> upsample + skip -> 1/2 scale (`n_blocks_half` blocks) -> pixel shuffle -> sigmoid.
 
-    Outputs are in [0, 1]; H and W must be multiples of 4 (use `pad_to_multiple`).
+    Outputs are in [0, 1]; H and W must be multiples of `size_multiple` (use `pad_to_multiple`).
     """
+
+    #: Input H and W must be divisible by this (a pixel unshuffle and a stride-2 convolution).
+    size_multiple: int = SIZE_MULTIPLE
 
     def __init__(self, in_channels: int = 3, out_channels: int = 1, width: int = 24, n_blocks: int = 8,
                  n_blocks_half: int = 1, expansion: int = 2) -> None:
@@ -65,8 +69,8 @@ class FastGenerator(nn.Module):
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"expected a (B, {self.in_channels}, H, W) tensor, got shape {tuple(x.shape)}")
         h, w = x.shape[-2:]
-        if h % SIZE_MULTIPLE or w % SIZE_MULTIPLE:
-            raise ValueError(f"input height and width must be multiples of {SIZE_MULTIPLE}, got {h}x{w}; "
+        if h % self.size_multiple or w % self.size_multiple:
+            raise ValueError(f"input height and width must be multiples of {self.size_multiple}, got {h}x{w}; "
                              "pad with linedraw.models.pad_to_multiple and crop the output back with crop_to")
         skip = self.stem(x)
         deep = self.up(self.down(skip))
