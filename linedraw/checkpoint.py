@@ -33,6 +33,8 @@ from linedraw.images import write_atomic
 ENV_VAR = "LINEDRAW_CHECKPOINTS"
 #: Metadata key of the safetensors file that carries the JSON config.
 METADATA_KEY = "linedraw_config"
+#: Suffixes of pickle checkpoints (PyTorch, Lightning, Hugging Face), refused because unpickling runs code.
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl")
 #: File name stem of the photo->drawing generator inside a training step directory.
 TRAINING_STEM = "G_A"
 
@@ -131,17 +133,51 @@ def load_generator(name_or_path: str | os.PathLike, device: str | torch.device =
 
     weights, config_path = resolve_checkpoint(name_or_path)
     if config_path.is_file():
-        config = json.loads(config_path.read_text(encoding="utf-8"))
+        config = _parse_config(config_path.read_text(encoding="utf-8"), where=str(config_path))
     else:
-        with safe_open(str(weights), framework="pt") as handle:
-            embedded = (handle.metadata() or {}).get(METADATA_KEY)
+        try:
+            with safe_open(str(weights), framework="pt") as handle:
+                embedded = (handle.metadata() or {}).get(METADATA_KEY)
+        except Exception as exc:  # safetensors raises its own error types for truncated/corrupt headers
+            raise _unreadable(weights, exc) from None
         if embedded is None:
             raise CheckpointError(f"{weights}: no {config_path.name} beside it and no config embedded in it")
-        config = json.loads(embedded)
-    state = load_file(str(weights))
-    model = _check_architecture(state, config, where=str(weights), build=True)
+        config = _parse_config(embedded, where=f"{weights} (embedded config)")
+    try:
+        state = load_file(str(weights))
+    except Exception as exc:
+        raise _unreadable(weights, exc) from None
+    _check_architecture(state, config, where=str(weights))  # on the meta device: no memory spent on a bad config
+    model = _build_model(config, where=str(weights))
     model.load_state_dict(state)
     return model.to(device).eval(), config
+
+
+def _unreadable(weights: Path, exc: Exception) -> CheckpointError:
+    return CheckpointError(f"{weights}: not a readable safetensors file (truncated or corrupt?): {exc}")
+
+
+def _parse_config(text: str, where: str) -> dict:
+    """The JSON config, checked for the two keys a model is rebuilt from."""
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{where}: not valid JSON: {exc}") from None
+    if not isinstance(config, dict) or not isinstance(config.get("model"), str):
+        raise CheckpointError(f"{where}: the config must be a JSON object with a \"model\" name")
+    if not isinstance(config.get("kwargs", {}), dict):
+        raise CheckpointError(f"{where}: the config's \"kwargs\" must be a JSON object")
+    return config
+
+
+def _build_model(config: dict, where: str) -> nn.Module:
+    """Build the model `config` describes (on the current default device), or raise `CheckpointError`."""
+    from linedraw.models import create_model
+
+    try:
+        return create_model(config["model"], **config.get("kwargs", {}))
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{where}: cannot build model from config {config.get('model')!r}: {exc}") from None
 
 
 def resolve_checkpoint(name_or_path: str | os.PathLike) -> tuple[Path, Path]:
@@ -155,6 +191,15 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> tuple[Path, Path]:
             raise CheckpointError(f"{path}: no weights file {weights.name} beside it")
         return weights, path.with_suffix(".json")
     text = os.fspath(name_or_path)
+    if path.suffix.lower() in PICKLE_SUFFIXES and path.is_file():
+        raise CheckpointError(
+            f"{path} is a pickle checkpoint ({path.suffix}), which linedraw refuses to load: unpickling a file "
+            "runs code from it. If you trust it, convert it once: build the model, then "
+            "model.load_state_dict(torch.load(path, weights_only=True)) and "
+            "linedraw.checkpoint.save_generator(model, 'name', {'model': ..., 'kwargs': {...}})"
+        )
+    if path.is_file():
+        raise CheckpointError(f"{path}: not a checkpoint (expected a .safetensors or .json file)")
     if path.suffix or os.sep in text or (os.altsep and os.altsep in text):
         raise CheckpointError(f"checkpoint {text!r} not found: no such file or directory")
     for shipped in list_checkpoints():
@@ -190,18 +235,11 @@ def _from_directory(directory: Path) -> tuple[Path, Path]:
     )
 
 
-def _check_architecture(state: dict[str, torch.Tensor], config: dict, where: str, build: bool = False):
-    """Build the configured model (on the meta device unless `build`) and check the weights fit it."""
-    from linedraw.models import create_model
-
-    try:
-        if build:
-            model = create_model(config["model"], **config.get("kwargs", {}))
-        else:
-            with torch.device("meta"):
-                model = create_model(config["model"], **config.get("kwargs", {}))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{where}: cannot build model from config {config.get('model')!r}: {exc}") from None
+def _check_architecture(state: dict[str, torch.Tensor], config: dict, where: str) -> None:
+    """Build the configured model on the meta device (no memory, whatever the config says) and check the
+    weights fit it, so a config asking for a huge network is refused before anything is allocated."""
+    with torch.device("meta"):
+        model = _build_model(config, where)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     actual = {k: tuple(v.shape) for k, v in state.items()}
     if expected != actual:
@@ -211,4 +249,3 @@ def _check_architecture(state: dict[str, torch.Tensor], config: dict, where: str
             f"{where}: weights do not fit {config['model']}({config.get('kwargs', {})}): "
             f"missing {missing[:3]}, unexpected {extra[:3]}, wrong shape {wrong[:3]}"
         )
-    return model

@@ -10,6 +10,8 @@ import os
 import re
 import struct
 import tempfile
+import threading
+import time
 import warnings
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Union
@@ -50,6 +52,19 @@ class ImageError(LinedrawError):
         super().__init__(f"{display_path(self.path)}: {reason}")
 
 
+class ImageTooLargeError(ImageError):
+    """An image over the caller's pixel limit (a possible decompression bomb); `limit` is that limit."""
+
+    def __init__(self, path: PathLike, reason: str, limit: int) -> None:
+        self.limit = limit
+        super().__init__(path, reason)
+
+
+_BOMB_HINT = "max_pixels; a possible decompression bomb: raise the limit only for trusted files"
+#: Pillow's bomb limit is one global; raising it for one call is done under this lock and undone after.
+_PILLOW_LIMIT_LOCK = threading.Lock()
+
+
 def normalize_mode(image: Image.Image, mode: str = "RGB") -> Image.Image:
     """Convert any Pillow mode to "RGB" or "L": transparency is composited on white, 16-bit and float
     images are rescaled to 8 bits, palette/CMYK/YCbCr/1-bit are converted."""
@@ -77,11 +92,19 @@ def _high_depth_to_l(image: Image.Image) -> Image.Image:
     return Image.fromarray(np.round(array * 255).astype(np.uint8), mode="L")
 
 
-def open_image(path: PathLike, mode: str = "RGB", max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+def open_image(
+    path: PathLike,
+    mode: str = "RGB",
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    warn: Callable[[str], object] | None = None,
+) -> Image.Image:
     """Decode `path` fully into an upright (EXIF orientation applied) "RGB" or "L" image.
 
-    Raises `ImageError` naming the file for missing/empty/corrupt/truncated/non-image files and for images
-    over `max_pixels` (None = Pillow's own limit only).
+    Raises `ImageError` naming the file for missing/empty/corrupt/truncated/non-image files, and its subclass
+    `ImageTooLargeError` for images over `max_pixels` (None = Pillow's own limit only). A `max_pixels` above
+    Pillow's own limit (`Image.MAX_IMAGE_PIXELS`) raises that limit for this file, so trusted huge photos
+    open. Only the first frame of animations and multi-page files is decoded; `warn(line)`, when given, is
+    told so (one line naming the file).
     """
     path_str = os.fspath(path)
     try:
@@ -98,21 +121,29 @@ def open_image(path: PathLike, mode: str = "RGB", max_pixels: int | None = DEFAU
         with warnings.catch_warnings():
             # We enforce our own limit below; Pillow's warning would only be noise.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path_str) as image:
+            with _pillow_open(path_str, max_pixels) as image:
                 width, height = image.size
                 if max_pixels is not None and width * height > max_pixels:
-                    raise ImageError(
+                    raise ImageTooLargeError(
                         path_str,
                         f"{width}x{height} image has {width * height} pixels, over the limit of {max_pixels} "
-                        "(possible decompression bomb; raise max_pixels if the file is trusted)",
+                        f"({_BOMB_HINT})",
+                        max_pixels,
                     )
+                frames = getattr(image, "n_frames", 1)
+                if frames > 1 and warn is not None:
+                    warn(f"{display_path(path_str)}: has {frames} frames; only the first is used")
                 image.load()
                 image = ImageOps.exif_transpose(image)
                 return normalize_mode(image, mode)
     except ImageError:
         raise
-    except Image.DecompressionBombError as exc:
-        raise ImageError(path_str, f"decompression bomb refused: {exc}") from None
+    except Image.DecompressionBombError as exc:  # over Pillow's limit, hence over `max_pixels` too
+        if max_pixels is None:
+            raise ImageError(path_str, f"decompression bomb refused: {exc}") from None
+        raise ImageTooLargeError(
+            path_str, f"over the limit of {max_pixels} pixels ({_BOMB_HINT}): {exc}", max_pixels
+        ) from None
     except UnidentifiedImageError:
         raise ImageError(path_str, f"not an image file (or an unsupported format), {size} bytes") from None
     except PermissionError:
@@ -120,6 +151,23 @@ def open_image(path: PathLike, mode: str = "RGB", max_pixels: int | None = DEFAU
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct.error) as exc:
         # Pillow signals truncated/corrupt data with any of these, depending on the format plugin.
         raise ImageError(path_str, f"corrupt or truncated image: {exc}") from None
+
+
+def _pillow_open(path: str, max_pixels: int | None) -> Image.Image:
+    """`Image.open`, with Pillow's global bomb limit raised for the header read when `max_pixels` exceeds it.
+
+    Pillow refuses images over twice `Image.MAX_IMAGE_PIXELS` while opening them; our own check (against
+    `max_pixels`) follows at once, so the temporary raise lets exactly what the caller trusts through.
+    """
+    pillow_limit = Image.MAX_IMAGE_PIXELS
+    if max_pixels is None or pillow_limit is None or max_pixels <= 2 * pillow_limit:
+        return Image.open(path)
+    with _PILLOW_LIMIT_LOCK:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+        try:
+            return Image.open(path)
+        finally:
+            Image.MAX_IMAGE_PIXELS = pillow_limit
 
 
 def to_tensor(image: Image.Image) -> torch.Tensor:
@@ -148,7 +196,8 @@ def save_image(image: Image.Image | torch.Tensor, path: PathLike, format: str | 
     """Write `image` to `path` atomically: a temp file in the same directory, then `os.replace`.
 
     A crash mid-write leaves either the old file or none, never a half-written one. `format` defaults to the
-    one implied by the extension; `options` go to `PIL.Image.save` (e.g. quality=95).
+    one implied by the extension; `options` go to `PIL.Image.save` (e.g. quality=95). WebP has no grey-scale
+    mode, so an "L" image is stored as RGB with three equal channels (it reads back as "RGB").
     """
     if isinstance(image, torch.Tensor):
         image = to_pil(image)
@@ -176,12 +225,18 @@ def write_atomic(path: PathLike, write: Callable[[BinaryIO], object]) -> None:
     write_atomic_path(path, via_handle)
 
 
+#: Names of `write_atomic_path`'s temp files: `.<target name>.<mkstemp's 8 random characters>.tmp`.
+TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
+#: Temp files younger than this may belong to a write still in flight, so `remove_stale_temp_files` keeps them.
+STALE_TEMP_AGE = 600.0
+
+
 def write_atomic_path(path: PathLike, write: Callable[[str], object]) -> None:
     """Like `write_atomic`, for writers that want a file name (Faiss, numpy, safetensors): `write(temp_path)`."""
     path_str = os.fspath(path)
     directory = os.path.dirname(path_str) or "."
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path_str) + ".", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=_temp_prefix(path_str), suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
@@ -193,6 +248,59 @@ def write_atomic_path(path: PathLike, write: Callable[[str], object]) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def _temp_prefix(path: str) -> str:
+    return "." + os.path.basename(path) + "."
+
+
+def remove_stale_temp_files(directory: PathLike, min_age: float = STALE_TEMP_AGE) -> list[Path]:
+    """Delete the temp files a killed `write_atomic` left in `directory` (not recursive); returns them.
+
+    Only names of the writer's own pattern (`TEMP_NAME`) older than `min_age` seconds are touched, so a write
+    still in progress in another process, and any other file, is left alone.
+    """
+    removed = []
+    cutoff = time.time() - min_age
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:  # not there (yet), or unreadable: nothing of ours to clean
+        return removed
+    for entry in entries:
+        if not TEMP_NAME.fullmatch(entry.name):
+            continue
+        try:
+            if entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+        except OSError:  # gone meanwhile, or not ours to delete
+            continue
+    return removed
+
+
+def check_writable(path: PathLike) -> None:
+    """Raise `LinedrawError` naming `path` unless a file can be written there (checked by writing a probe).
+
+    Call it before long work whose result goes to `path`, so a typo fails at once rather than at the end. The
+    nearest existing folder above `path` must be a writable directory (missing folders below it are created
+    by `write_atomic` later); `path` itself must not be a directory.
+    """
+    path_str = os.fspath(path)
+    if os.path.isdir(path_str):
+        raise LinedrawError(f"cannot write {display_path(path_str)}: it is a directory")
+    parent = os.path.dirname(os.path.abspath(path_str))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise LinedrawError(f"cannot write {display_path(path_str)}: {display_path(parent)} is not a directory")
+    try:
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=_temp_prefix(path_str), suffix=".tmp")
+    except OSError as exc:
+        raise LinedrawError(
+            f"cannot write {display_path(path_str)}: {display_path(parent)} is not writable ({exc.strerror or exc})"
+        ) from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def write_text_atomic(path: PathLike, text: str) -> None:
