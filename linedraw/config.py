@@ -49,6 +49,8 @@ class ModelConfig:
     ndf: int = 64
     n_layers_d: int = 3
     pool_size: int = 0  # CycleGAN image pool for the discriminators; 0 = off, as in the paper's code
+    upsample: str = "transpose"  # generator upsampling: "transpose" (the paper's) or "resize" (nearest x2 + conv)
+    diffaugment: str = ""  # DiffAugment policy before the discriminators, e.g. "color,translation,cutout"; "" = off
 
 
 @dataclass
@@ -191,6 +193,18 @@ def validate(cfg: TrainConfig) -> None:
     """Raise ConfigError for settings that cannot work, before any model is built."""
     if cfg.data.size % 4:
         raise ConfigError(f"data.size={cfg.data.size} must be a multiple of 4 (the generator downsamples twice)")
+    from linedraw.models.augment import parse_policy
+    from linedraw.models.generator import UPSAMPLE_MODES
+
+    if cfg.model.upsample not in UPSAMPLE_MODES:
+        raise ConfigError(f"model.upsample={cfg.model.upsample!r} must be one of {', '.join(UPSAMPLE_MODES)}")
+    if not isinstance(cfg.model.diffaugment, str):
+        raise ConfigError(f"model.diffaugment={cfg.model.diffaugment!r} must be a string such as "
+                          f"'color,translation,cutout' ('' turns DiffAugment off)")
+    try:
+        parse_policy(cfg.model.diffaugment)
+    except ValueError as exc:
+        raise ConfigError(f"model.diffaugment: {exc}") from None
     if cfg.data.load_size < cfg.data.size:
         raise ConfigError(f"data.load_size={cfg.data.load_size} must be >= data.size={cfg.data.size}")
     if not cfg.data.photos or not cfg.data.drawings:

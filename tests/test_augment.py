@@ -115,3 +115,16 @@ def test_unknown_policy_names_the_argument():
     assert parse_policy(" color , cutout ") == ("color", "cutout")
     with pytest.raises(UsageError, match=r"\(B, C, H, W\)"):
         diff_augment(torch.rand(1, 8, 8), "color")
+
+
+def test_config_validates_the_policy(tmp_path):
+    from linedraw.config import ConfigError, load_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text("data: {photos: [a], drawings: [b]}\n")
+    assert load_config(path).model.diffaugment == ""
+    assert load_config(path, ["model.diffaugment=color,cutout"]).model.diffaugment == "color,cutout"
+    with pytest.raises(ConfigError, match="model.diffaugment.*'flip'"):
+        load_config(path, ["model.diffaugment=color,flip"])
+    with pytest.raises(ConfigError, match="model.diffaugment=None must be a string"):
+        load_config(path, ["model.diffaugment="])

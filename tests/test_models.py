@@ -93,6 +93,17 @@ def test_resize_upsampling_leaves_no_stride_2_checkerboard(seed):
     assert energy["resize"] < energy["transpose"] / 50
 
 
+def test_config_validates_the_upsample_mode(tmp_path):
+    from linedraw.config import ConfigError, load_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text("data: {photos: [a], drawings: [b]}\n")
+    assert load_config(path).model.upsample == "transpose"
+    assert load_config(path, ["model.upsample=resize"]).model.upsample == "resize"
+    with pytest.raises(ConfigError, match="model.upsample='bilinear' must be one of transpose, resize"):
+        load_config(path, ["model.upsample=bilinear"])
+
+
 def test_size_multiple_is_a_property_of_the_model_class():
     from linedraw.models import generator, student
 
