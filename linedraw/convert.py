@@ -6,6 +6,10 @@ original size (line art is wanted at the size of the photo), then post-processed
 invert). Photos over `max_pixels` at the processing size are run in overlapping tiles blended with a
 raised-cosine window; instance-norm statistics are computed over the whole image first, tile by tile, so a
 tiled result matches the untiled one away from the tile borders instead of changing tone from tile to tile.
+
+Work per photo is bounded before any is done: a photo whose processing size would exceed
+`refuse_above_pixels`, or one more elongated than `MAX_ASPECT`:1 when resized to `size` (a 3x3000 strip would
+become 512x512000), is refused with `PhotoSizeError`; options out of range raise `UsageError` naming them.
 """
 from __future__ import annotations
 
@@ -19,6 +23,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
+from linedraw.errors import LinedrawError, UsageError
+from linedraw.images import DEFAULT_MAX_PIXELS as DEFAULT_REFUSE_PIXELS
 from linedraw.images import normalize_mode
 
 #: Inference engines: "torch", "onnxruntime" (CPU, float32) and "auto" (the checkpoint's CPU recommendation).
@@ -35,17 +41,57 @@ DEFAULT_TILE_OVERLAP = 128
 SIZE_MULTIPLE = 4
 #: ...and to at least this many pixels a side (reflection padding inside needs room at 1/4 scale).
 MIN_SIDE = 16
+#: Largest `size` and `output_size` accepted (a short side of 16384 px is already 268 Mpx for a 4:3 photo).
+MAX_SIZE = 16384
+#: Most elongated photo (long side / short side) converted at a fixed `size`; size=0 (native) has no such limit.
+MAX_ASPECT = 50
+#: Largest |line_weight|: lines grow by that many pixels a side, so beyond this the drawing just goes black.
+MAX_LINE_WEIGHT = 32
+
+
+class PhotoSizeError(LinedrawError, ValueError):
+    """A photo too large or too elongated to convert with the converter's settings; the message says which."""
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """"auto" picks CUDA, then Apple MPS, then CPU; anything else is passed to `torch.device`."""
-    if str(device) != "auto":
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+    """The torch device `device` names, checked to exist here; "auto" picks CUDA, then Apple MPS, then CPU.
+
+    Raises `UsageError` naming the device for names torch does not know and for CUDA/MPS devices this
+    machine lacks (so `cuda:5` fails at once, not at the first forward pass).
+    """
+    if str(device) == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise UsageError(f"device={str(device)!r} is not a device: use auto, cpu, cuda, cuda:N or mps") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"device={str(device)!r}: CUDA is not available here (no GPU, or a torch build "
+                             "without CUDA); use device='cpu' or 'auto'")
+        count = torch.cuda.device_count()
+        if resolved.index is not None and resolved.index >= count:
+            raise UsageError(f"device={str(device)!r}: this machine has {count} CUDA device(s), "
+                             f"cuda:0 to cuda:{count - 1}")
+    elif resolved.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise UsageError(f"device={str(device)!r}: Apple MPS is not available here; use device='cpu' or 'auto'")
+    return resolved
+
+
+def _check_int(name: str, value: object, low: int, high: int | None = None) -> int:
+    """`value` as an int in [low, high], else `UsageError` naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise UsageError(f"{name} must be an integer, got {value!r}")
+    if value < low or (high is not None and value > high):
+        bounds = f"in [{low}, {high}]" if high is not None else f">= {low}"
+        raise UsageError(f"{name} must be {bounds}, got {value}")
+    return int(value)
 
 
 def postprocess(
@@ -54,9 +100,10 @@ def postprocess(
     """Line-art finishing on (B, 1, H, W) drawings in [0, 1] (dark lines on white).
 
     `line_weight` > 0 thickens the dark lines by that many pixels a side (grey-scale erosion), < 0 thins them
-    (dilation; lines narrower than 2|n|+1 px vanish); `threshold` binarises (>= threshold becomes white);
-    `invert` gives white lines on black (what ControlNet expects).
+    (dilation; lines narrower than 2|n|+1 px vanish), at most `MAX_LINE_WEIGHT`; `threshold` binarises
+    (>= threshold becomes white); `invert` gives white lines on black (what ControlNet expects).
     """
+    _check_int("line_weight", line_weight, -MAX_LINE_WEIGHT, MAX_LINE_WEIGHT)
     if line_weight:
         k = abs(int(line_weight))
         if line_weight > 0:
@@ -76,6 +123,10 @@ class Converter:
     `conv(image)` converts one photo, `conv.convert(images)` a list, `conv.batch(iterable)` streams;
     `conv.to(device)` moves it. `half=True` runs in float16 (CUDA only). `backend="onnxruntime"` runs the
     network through ONNX Runtime on the CPU; "auto" does so where the checkpoint recommends it.
+
+    `size` is the short side photos are *processed* at (0 = native); drawings come back at the photo's size,
+    or with a short side of `output_size`. `max_pixels` is where tiling starts (at the processing size);
+    `refuse_above_pixels` is where photos are refused (at the processing or output size, whichever is larger).
     """
 
     _warned_no_onnx = False
@@ -96,22 +147,27 @@ class Converter:
         invert: bool = False,
         threshold: float | None = None,
         line_weight: int = 0,
+        output_size: int | None = None,
+        refuse_above_pixels: int = DEFAULT_REFUSE_PIXELS,
     ) -> None:
         if size is None:  # the checkpoint's own recommendation (the scale it was trained at), else the default
             size = int((config or {}).get("inference", {}).get("size", DEFAULT_SIZE))
-        if size < 0:
-            raise ValueError(f"size must be >= 0 (0 = native resolution), got {size}")
-        if max_pixels is not None and max_pixels < MIN_SIDE * MIN_SIDE:
-            raise ValueError(f"max_pixels must be at least {MIN_SIDE * MIN_SIDE}, got {max_pixels}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if threshold is not None and not 0.0 <= threshold <= 1.0:
-            raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+        size = _check_int("size (0 = native resolution)", size, 0, MAX_SIZE)
+        if max_pixels is not None:
+            max_pixels = _check_int("max_pixels", max_pixels, MIN_SIDE * MIN_SIDE)
+        tile_overlap = _check_int("tile_overlap", tile_overlap, 0)
+        batch_size = _check_int("batch_size", batch_size, 1)
+        line_weight = _check_int("line_weight", line_weight, -MAX_LINE_WEIGHT, MAX_LINE_WEIGHT)
+        if output_size is not None:
+            output_size = _check_int("output_size", output_size, 1, MAX_SIZE)
+        self.refuse_above_pixels = _check_int("refuse_above_pixels", refuse_above_pixels, 1)
+        if threshold is not None and not (isinstance(threshold, (int, float)) and 0.0 <= threshold <= 1.0):
+            raise UsageError(f"threshold must be a number in [0, 1], got {threshold!r}")
         if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+            raise UsageError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         self.model = model.eval().requires_grad_(False)
         self.config = dict(config or {})
-        self.size, self.batch_size = size, batch_size
+        self.size, self.batch_size, self.output_size = size, batch_size, output_size
         self._max_pixels = max_pixels
         self.tile_overlap = max(SIZE_MULTIPLE, tile_overlap // SIZE_MULTIPLE * SIZE_MULTIPLE)
         self.half, self.channels_last, self.backend = half, channels_last, backend
@@ -127,7 +183,7 @@ class Converter:
         """Move the generator to `device` ("auto", "cpu", "cuda", "cuda:1", "mps"); returns self."""
         device = resolve_device(device)
         if self.half and device.type != "cuda":
-            raise ValueError(f"half precision needs a CUDA device, not {device}")
+            raise UsageError(f"half precision needs a CUDA device, not {device}")
         self.model.to(device=device, dtype=torch.float16 if self.half else torch.float32)
         use_cl = self.channels_last
         if use_cl is None:  # the checkpoint's recommendation (depthwise convolutions run faster so on CPU too)
@@ -162,7 +218,7 @@ class Converter:
         if backend == "torch":
             return None
         if device.type != "cpu" or self.half:
-            raise ValueError(f"the onnxruntime backend runs on the CPU in float32, not on {device}"
+            raise UsageError(f"the onnxruntime backend runs on the CPU in float32, not on {device}"
                              + (" in half precision" if self.half else ""))
         from linedraw.export import OnnxRunner
 
@@ -173,7 +229,32 @@ class Converter:
             if self.backend == "auto":
                 print(f"note: {message}; using PyTorch", file=sys.stderr)
                 return None
-            raise ValueError(f"{message}; use the torch backend") from exc
+            raise UsageError(f"{message}; use the torch backend") from exc
+
+    def check_photo(self, height: int, width: int) -> None:
+        """Raise `PhotoSizeError` unless a `height` x `width` photo can be converted with these settings.
+
+        Cheap (no pixels needed): batch jobs call it right after reading a file, before queueing any work.
+        """
+        if min(height, width) < 1:
+            raise PhotoSizeError(f"photo is {width}x{height}: it has no pixels")
+        aspect = max(height, width) / min(height, width)
+        if self.size and aspect > MAX_ASPECT:
+            raise PhotoSizeError(
+                f"photo is {width}x{height} (aspect ratio {aspect:.0f}:1), over the limit of {MAX_ASPECT}:1 for "
+                f"processing at size={self.size}; crop it, or convert it at native resolution (size=0)"
+            )
+        for what, target in (("processed", self.size), ("written", self.output_size)):
+            if target is None:
+                continue
+            h, w = _processing_shape(height, width, target)
+            if h * w > self.refuse_above_pixels:
+                option = "size" if what == "processed" else "output_size"
+                raise PhotoSizeError(
+                    f"photo is {width}x{height}: it would be {what} at {w}x{h} = {h * w} pixels ({option}="
+                    f"{target}), over refuse_above_pixels={self.refuse_above_pixels}; lower {option}, or raise "
+                    "refuse_above_pixels for trusted files"
+                )
 
     def __call__(self, image: Image.Image) -> Image.Image:
         """Convert one photo to a drawing ("L" mode, same size as the photo)."""
@@ -223,20 +304,24 @@ class Converter:
 
     def _prepare(self, photo: torch.Tensor) -> torch.Tensor:
         """To float [0, 1] on the device, resized so the short side is `size` (keeping the aspect ratio)."""
+        if photo.ndim != 3 or photo.shape[0] != 3:
+            raise UsageError(f"expected a (3, H, W) photo, got shape {tuple(photo.shape)}")
+        self.check_photo(*photo.shape[-2:])
         x = photo.to(self.device)
         x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
-        if x.ndim != 3 or x.shape[0] != 3:
-            raise ValueError(f"expected a (3, H, W) photo, got shape {tuple(x.shape)}")
         target = _processing_shape(*x.shape[-2:], self.size)
         if target != tuple(x.shape[-2:]):
             x = _resize(x, target)
         return x
 
     def _finish(self, drawing: torch.Tensor, photo: torch.Tensor) -> torch.Tensor:
-        """Back to the photo's size, then line-art post-processing."""
+        """Back to the photo's size (or `output_size`), then line-art post-processing."""
         drawing = drawing.float()
-        if drawing.shape[-2:] != photo.shape[-2:]:
-            drawing = _resize(drawing, tuple(photo.shape[-2:]))
+        shape = tuple(photo.shape[-2:])
+        if self.output_size is not None:
+            shape = _processing_shape(*shape, self.output_size)
+        if drawing.shape[-2:] != shape:
+            drawing = _resize(drawing, shape)
         drawing = postprocess(drawing[None], self.invert, self.threshold, self.line_weight)[0]
         return drawing.clamp_(0.0, 1.0)
 
