@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
-from linedraw.eval import write_json
+from linedraw.commands.options import add_json, emit
 
 
 def register(eval_subparsers: argparse._SubParsersAction) -> None:
@@ -17,7 +16,7 @@ def register(eval_subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("a", help="folder of drawings (the reference, e.g. the teacher's)")
     parser.add_argument("b", help="folder of drawings to compare (resized to A's size where they differ)")
     parser.add_argument("--threshold", type=float, default=0.5, help="line / paper threshold in [0, 1]")
-    parser.add_argument("--json", metavar="OUT.json", help="also write the scores as JSON")
+    add_json(parser, "the scores")
     parser.set_defaults(func=run)
 
 
@@ -36,8 +35,7 @@ def run(args: argparse.Namespace) -> int:
     if not report.count:
         print("error: no pair of drawings could be compared", file=sys.stderr)
         return 1
-    print(f"{report.count} drawings: " + ", ".join(f"{k} {v:.4f}" for k, v in report.means.items()))
-    if args.json:
-        write_json(args.json, {"count": report.count, **report.means, "threshold": args.threshold,
-                               "unmatched": report.unmatched, "errors": report.errors})
+    emit(args.json, {"count": report.count, **report.means, "threshold": args.threshold,
+                     "unmatched": report.unmatched, "errors": report.errors},
+         [f"{report.count} drawings: " + ", ".join(f"{k} {v:.4f}" for k, v in report.means.items())])
     return 1 if report.errors else 0

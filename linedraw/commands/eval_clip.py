@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import json
+
+from linedraw.commands.options import add_device, add_json, add_quiet, emit
 
 DESCRIPTION = """\
 Classify each drawing zero-shot over a label vocabulary and report the mean probability of its reference
@@ -28,11 +29,10 @@ def register(eval_subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--template", default="a drawing of a {}", help="prompt for drawings (default: %(default)r)")
     parser.add_argument("--photo-template", default="a photo of a {}",
                         help="prompt for photos, when their top-1 label is the reference (default: %(default)r)")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--device", default="auto", help="auto (cuda, mps, then cpu), cpu, cuda, ...")
-    parser.add_argument("--json", metavar="OUT.json", help="also write the report with per-pair results as JSON "
-                                                          "('-' for stdout only)")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per classifier pass (default: 32)")
+    add_device(parser)
+    add_json(parser, "the report with per-pair results")
+    add_quiet(parser)
     parser.set_defaults(func=run)
 
 
@@ -59,17 +59,11 @@ def build_classifier(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from linedraw.eval import write_json
     from linedraw.eval.recognizability import evaluate_recognizability, report_lines
 
     classifier, vocabulary = build_classifier(args)
     report = evaluate_recognizability(classifier, args.photos, args.drawings, vocabulary, args.batch_size,
-                                      progress=not args.no_progress)
-    if args.json == "-":
-        print(json.dumps(report.to_dict(), indent=2))
-    else:
-        print("\n".join(report_lines(report)))
-        if args.json:
-            write_json(args.json, report.to_dict())
+                                      progress=not args.quiet)
+    emit(args.json, report.to_dict(), report_lines(report))
     incomplete = report.errors or report.photos_without_drawing or report.drawings_without_photo
     return 1 if incomplete or not report.pairs else 0

@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
-from linedraw.eval import write_json
+from linedraw.commands.options import add_json, add_quiet, emit
 
 
 def register(eval_subparsers: argparse._SubParsersAction) -> None:
@@ -28,8 +27,8 @@ def register(eval_subparsers: argparse._SubParsersAction) -> None:
                         help="inputs are edge maps (white edges on black, e.g. HED), not drawings")
     parser.add_argument("--workers", type=int, default=1, help="processes matching images in parallel")
     parser.add_argument("--counts", metavar="FILE.json", help="keep per-image counts here; a rerun resumes")
-    parser.add_argument("--json", metavar="OUT.json", help="also write the scores as JSON ('-' for stdout only)")
-    parser.add_argument("--no-progress", action="store_true")
+    add_json(parser, "the scores")
+    add_quiet(parser)
     parser.set_defaults(func=run)
 
 
@@ -38,15 +37,8 @@ def run(args: argparse.Namespace) -> int:
 
     report = evaluate_edges(args.drawings, args.gt, n_thresholds=args.thresholds, max_dist=args.max_dist,
                             thin=not args.no_thin, nms=args.nms, edge_maps=args.edge_maps,
-                            workers=args.workers, counts_file=args.counts, progress=not args.no_progress)
-    payload = report.to_dict()
-    if args.json == "-":
-        print(json.dumps(payload, indent=2))
-    else:
-        for line in iter_report_lines(report):
-            print(line)
-        if args.json:
-            write_json(args.json, payload)
+                            workers=args.workers, counts_file=args.counts, progress=not args.quiet)
+    emit(args.json, report.to_dict(), iter_report_lines(report))
     if report.scores is None:
         print("error: no drawing could be evaluated", file=sys.stderr)
         return 1

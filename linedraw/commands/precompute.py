@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from linedraw.commands.options import add_device, add_output
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `linedraw precompute`."""
@@ -13,11 +15,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "exists are skipped, so an interrupted run continues where it stopped. Exit code 1 if any "
                     "photo could not be read.")
     parser.add_argument("photos", nargs="+", help="photo files, folders (searched recursively) or glob patterns")
-    parser.add_argument("-o", "--output", required=True, help="folder for the target maps")
+    add_output(parser, "folder for the target maps", metavar="DIR")
     parser.add_argument("--estimator", required=True,
                         help="hed[:WEIGHTS_H5] (edges, offline), midas[:MODEL_TYPE] (depth; downloads through "
                              "torch.hub; types DPT_Large (default), DPT_Hybrid, MiDaS, MiDaS_small)")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default: auto)")
+    add_device(parser)
     parser.add_argument("--size", type=int, default=None,
                         help="cap the longer side the estimator sees (maps are resized back to the photo's size)")
     parser.add_argument("--overwrite", action="store_true", help="recompute maps that already exist")

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import json
+
+from linedraw.commands.options import add_json, add_output, emit
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -18,14 +19,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("--photos", required=True, help="folder of photos")
     export.add_argument("--method", action="append", required=True, metavar="NAME=DIR",
                         help="a method's drawings, named by the photos' relative paths or stems (repeat; >= 2)")
-    export.add_argument("-o", "--out", required=True, metavar="STUDY", help="output folder")
+    add_output(export, "output folder", metavar="STUDY", old_out=True)
     export.add_argument("--n", type=int, default=50, help="number of photos (default: 50)")
-    export.add_argument("--seed", type=int, default=0)
+    export.add_argument("--seed", type=int, default=0, help="seed of the photo choice and left/right order (default: 0)")
     export.add_argument("--question", default=None, help="the question asked (default: the seed paper's)")
     export.add_argument("--attention", type=int, default=4, help="attention-check trials (default: 4)")
     export.add_argument("--tag", default="", help="dataset tag stored with every trial (analyzed separately)")
     export.add_argument("--study-id", default=None, help="identifier in answers (default: the folder name)")
-    export.add_argument("--title", default="Line drawing study")
+    export.add_argument("--title", default="Line drawing study", help="page title (default: %(default)r)")
     export.set_defaults(func=run_export)
 
     analyze = study_sub.add_parser(
@@ -37,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          help="manifest(s) of the studies answered (repeat for several studies)")
     analyze.add_argument("--max-attention-errors", type=int, default=0,
                          help="wrong attention checks a rater may have and still count (default: 0)")
-    analyze.add_argument("--json", metavar="OUT.json", help="also write the analysis as JSON ('-' for stdout only)")
+    add_json(analyze, "the analysis")
     analyze.set_defaults(func=run_analyze)
 
 
@@ -59,7 +60,7 @@ def parse_methods(items: list[str]) -> dict[str, str]:
 def run_export(args: argparse.Namespace) -> int:
     from linedraw.eval.study import DEFAULT_QUESTION, export_study
 
-    result = export_study(args.photos, parse_methods(args.method), args.out, n=args.n, seed=args.seed,
+    result = export_study(args.photos, parse_methods(args.method), args.output, n=args.n, seed=args.seed,
                           question=args.question or DEFAULT_QUESTION, attention=args.attention, tag=args.tag,
                           study_id=args.study_id, title=args.title)
     checks = sum(t.kind != "pair" for t in result.trials)
@@ -74,14 +75,8 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_analyze(args: argparse.Namespace) -> int:
-    from linedraw.eval import write_json
     from linedraw.eval.study import analyze_study, format_analysis, read_trials
 
     analysis = analyze_study(args.responses, read_trials(args.trials), args.max_attention_errors)
-    if args.json == "-":
-        print(json.dumps(analysis.to_dict(), indent=2))
-    else:
-        print(format_analysis(analysis))
-        if args.json:
-            write_json(args.json, analysis.to_dict())
+    emit(args.json, analysis.to_dict(), [format_analysis(analysis)])
     return 0 if analysis.preferences else 1
