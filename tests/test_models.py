@@ -59,7 +59,8 @@ def test_generator_paper_size_has_three_blocks():
 
 
 @pytest.mark.parametrize("build", [lambda **kw: create_model("resnet_generator", upsample="resize", **kw),
-                                   lambda **kw: create_model("resnet_generator_resize", **kw)])
+                                   lambda **kw: create_model("resnet_generator_resize", **kw)],
+                         ids=["upsample-kwarg", "registered-variant"])
 def test_resize_upsampling_variant_builds_without_transposed_convolutions(build):
     g = build(in_channels=1, out_channels=3, ngf=8, n_blocks=1)
     assert not any(isinstance(m, nn.ConvTranspose2d) for m in g.modules())
