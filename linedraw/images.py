@@ -53,11 +53,14 @@ class ImageError(LinedrawError):
 
 
 class ImageTooLargeError(ImageError):
-    """An image over the caller's pixel limit (a possible decompression bomb); `limit` is that limit."""
+    """An image over the caller's pixel limit (a possible decompression bomb).
 
-    def __init__(self, path: PathLike, reason: str, limit: int) -> None:
-        self.limit = limit
-        super().__init__(path, reason)
+    `what` says how large it is and `limit` is the limit, so a command can name its own option in the message.
+    """
+
+    def __init__(self, path: PathLike, what: str, limit: int) -> None:
+        self.what, self.limit = what, limit
+        super().__init__(path, f"{what}, over the limit of {limit} pixels ({_BOMB_HINT})")
 
 
 _BOMB_HINT = "max_pixels; a possible decompression bomb: raise the limit only for trusted files"
@@ -125,10 +128,7 @@ def open_image(
                 width, height = image.size
                 if max_pixels is not None and width * height > max_pixels:
                     raise ImageTooLargeError(
-                        path_str,
-                        f"{width}x{height} image has {width * height} pixels, over the limit of {max_pixels} "
-                        f"({_BOMB_HINT})",
-                        max_pixels,
+                        path_str, f"{width}x{height} image has {width * height} pixels", max_pixels
                     )
                 frames = getattr(image, "n_frames", 1)
                 if frames > 1 and warn is not None:
@@ -141,9 +141,7 @@ def open_image(
     except Image.DecompressionBombError as exc:  # over Pillow's limit, hence over `max_pixels` too
         if max_pixels is None:
             raise ImageError(path_str, f"decompression bomb refused: {exc}") from None
-        raise ImageTooLargeError(
-            path_str, f"over the limit of {max_pixels} pixels ({_BOMB_HINT}): {exc}", max_pixels
-        ) from None
+        raise ImageTooLargeError(path_str, f"Pillow refused it ({exc})", max_pixels) from None
     except UnidentifiedImageError:
         raise ImageError(path_str, f"not an image file (or an unsupported format), {size} bytes") from None
     except PermissionError:

@@ -219,7 +219,7 @@ def test_cli_name_collisions_and_in_place_guard(tmp_path, checkpoint, capsys):
     _photo().save(tmp_path / "same.png")
     assert _convert(tmp_path / "same.jpg", tmp_path / "same.png", "-o", tmp_path / "out", "--checkpoint",
                     checkpoint, "--size", 16) == 0
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["same_jpg.png", "same_png.png"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["same.png", "same.png.png"]  # jpg keeps the name
     before = (tmp_path / "same.png").read_bytes()
     assert _convert(tmp_path / "same.png", "-o", tmp_path, "--checkpoint", checkpoint) == 1
     assert (tmp_path / "same.png").read_bytes() == before

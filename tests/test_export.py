@@ -20,7 +20,7 @@ def test_export_cli_matches_pytorch_at_other_sizes(tmp_path, capsys):
     model = create_model(TINY["model"], **TINY["kwargs"]).eval()
     checkpoint = save_generator(model, tmp_path / "tiny", TINY)
     output = tmp_path / "g.onnx"
-    assert main(["export", "--onnx", "-o", str(output), "--checkpoint", str(checkpoint), "--example-size", "64"]) == 0
+    assert main(["export", "-o", str(output), "--checkpoint", str(checkpoint), "--example-size", "64"]) == 0
     assert "max abs diff" in capsys.readouterr().out
 
     session = onnxruntime.InferenceSession(str(output), providers=["CPUExecutionProvider"])

@@ -3,8 +3,12 @@
 Inputs are files, directories (recursive) and globs; outputs mirror the input tree as `<stem>.png` (or
 `--format`). Decoding runs in `--workers` threads and saving in another pool, so the device stays busy.
 Bad files are reported one line each (and in `--errors FILE` as CSV) and never stop the batch; the exit
-code is 0 only when nothing failed. Under `accelerate launch -m linedraw convert ...` every process takes
-its share of the (sorted) file list, so each output is written exactly once.
+code is 0 only when nothing failed (130 after Ctrl-C, with the summary so far). Under
+`accelerate launch -m linedraw convert ...` every process takes its share of the (sorted) file list, so
+each output is written exactly once.
+
+Every input gets its own output, by a fixed rule (so `--skip-existing` stays right across reruns); see
+`OUTPUT_NAMES`, which is also the end of `linedraw convert --help`.
 """
 from __future__ import annotations
 
@@ -14,13 +18,38 @@ import io
 import os
 import sys
 import time
-from collections import Counter, deque
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 FORMATS = {"png": ("PNG", ".png", {}), "jpg": ("JPEG", ".jpg", {"quality": 95}), "webp": ("WEBP", ".webp", {"quality": 95})}
+
+#: Of several photos with one stem in one folder, the first extension here keeps the plain `<stem>.<format>`
+#: output name; the others (and extensions not listed, in alphabetical order) get `<stem>.<ext>.<format>`.
+EXTENSION_PRIORITY = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif")
+
+OUTPUT_NAMES = """\
+output names: OUTDIR mirrors each INPUT's tree (photos/a/b.jpg -> OUTDIR/a/b.png). Photos with one stem in one
+folder are told apart by a fixed extension order (jpg, jpeg, jpe, jfif, png, webp, tif, tiff, bmp, gif, then
+the rest): the first keeps b.png, the others get b.<ext>.png (b.png.png), so adding b.png beside b.jpg renames
+nothing already written. When the outputs of different INPUTs would land on one path (dA/x.jpg and dB/x.jpg),
+each of those INPUTs writes under OUTDIR/<its folder's name>/ (OUTDIR/dA/x.png, OUTDIR/dB/x.png); if even that
+collides, nothing is converted and the error says which files. Earlier drawings inside an INPUT folder (-o
+photos/drawings with INPUT photos/) are never taken for photos; OUTDIR equal to an INPUT folder is refused."""
+
+
+class _Renamed(argparse.Action):
+    """An old flag spelling that still works for one release, with a one-line deprecation warning."""
+
+    def __init__(self, option_strings: list[str], dest: str, new: str, **kwargs) -> None:
+        self.new = new
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(f"warning: {option_string} is deprecated and will be removed; use {self.new}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -29,6 +58,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "convert",
         help="turn photos into line drawings",
         description="Turn photos (files, directories, globs) into line drawings, keeping the folder structure.",
+        epilog=OUTPUT_NAMES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, directories (recursive) or globs")
     parser.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="where the drawings go")
@@ -38,12 +69,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "output directory (default: contour)",
     )
     parser.add_argument("--size", type=int, default=None, metavar="N",
-                        help="short side to process at, keeping the aspect ratio; 0 = native (default: the size the "
-                        "checkpoint recommends in its JSON `inference.size`, else 512)")
-    parser.add_argument("--max-pixels", type=int, default=None, metavar="N",
-                        help="largest image run in one piece at the processing size; larger ones are run in "
-                        "overlapping, seamlessly blended tiles (default: 4194304 = 2048x2048; 1048576 through ONNX Runtime)")
+                        help="short side photos are processed at, keeping the aspect ratio; 0 = native. Not the size "
+                        "written: drawings come back at the photo's own size (see --output-size). Default: the size "
+                        "the checkpoint recommends in its JSON `inference.size`, else 512")
+    parser.add_argument("--output-size", type=int, default=None, metavar="N",
+                        help="short side of the written drawings (default: the photo's own size)")
+    parser.add_argument("--tile-above-pixels", type=int, default=None, metavar="N",
+                        help="run images over N pixels at the processing size in overlapping, seamlessly blended "
+                        "tiles, bounding memory (default: 4194304 = 2048x2048; 1048576 through ONNX Runtime)")
+    parser.add_argument("--max-pixels", type=int, dest="tile_above_pixels", action=_Renamed,
+                        new="--tile-above-pixels", help=argparse.SUPPRESS)
     parser.add_argument("--tile-overlap", type=int, default=None, metavar="PX", help="tile overlap (default: 128)")
+    parser.add_argument("--refuse-above-pixels", type=int, default=None, metavar="N",
+                        help="refuse images over N pixels, when decoding (a decompression bomb guard; above "
+                        "Pillow's own limit for trusted files) and at the processing or output size "
+                        "(default: 134217728)")
+    parser.add_argument("--max-input-pixels", type=int, dest="refuse_above_pixels", action=_Renamed,
+                        new="--refuse-above-pixels", help=argparse.SUPPRESS)
     parser.add_argument("--batch-size", type=int, default=None, metavar="N",
                         help="photos per forward pass (default: 4 on a GPU, 1 on the CPU)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default: auto)")
@@ -57,16 +99,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--workers", type=int, default=None, metavar="N",
                         help="threads decoding (and as many saving) images; 0 = main thread (default: 2 on a GPU; on "
                         "the CPU, the cores torch's own threads leave free)")
-    parser.add_argument("--format", choices=sorted(FORMATS), default="png", help="output format (default: png)")
+    parser.add_argument("--format", choices=sorted(FORMATS), default="png",
+                        help="output format (default: png; png and jpg are grey-scale, webp has no grey-scale mode "
+                        "and stores three equal channels)")
     parser.add_argument("--skip-existing", action="store_true", help="leave outputs that already exist (resume)")
     parser.add_argument("--invert", action="store_true", help="white lines on black (as ControlNet expects)")
     parser.add_argument("--threshold", type=float, default=None, metavar="T",
                         help="binarise: values >= T (in [0, 1]) become white, the rest black")
     parser.add_argument("--line-weight", type=int, default=0, metavar="N",
-                        help="thicken (N > 0) or thin (N < 0) the dark lines by |N| pixels")
-    parser.add_argument("--max-input-pixels", type=int, default=None, metavar="N",
-                        help="refuse to decode larger images, guarding against decompression bombs "
-                        "(default: 134217728)")
+                        help="thicken (N > 0) or thin (N < 0) the dark lines by |N| pixels, |N| <= 32")
     parser.add_argument("--errors", metavar="FILE", help="also write the failures as CSV (path,reason)")
     parser.set_defaults(func=run)
 
@@ -80,35 +121,129 @@ class Task:
 
 
 def plan(inputs: Iterable[str], outdir: Path, suffix: str) -> list[Task]:
-    """Input files -> tasks; outputs keep the relative folders. Photos that would share an output name
-    (`a.jpg` and `a.png` in one folder) keep their extension in it (`a_jpg.png`, `a_png.png`)."""
-    from linedraw.images import list_images
+    """Input files -> tasks, one distinct output each, named as `OUTPUT_NAMES` says.
 
-    found = list_images(inputs)
-    targets = [relative.with_suffix(suffix) for _, relative in found]
-    counts = Counter(targets)
-    tasks = []
-    for (source, relative), target in zip(found, targets):
-        if counts[target] > 1:
-            target = relative.with_name(f"{relative.stem}_{relative.suffix.lstrip('.')}{suffix}")
-        tasks.append(Task(source, outdir / target))
-    return tasks
+    Raises `UsageError` when OUTDIR is an input folder, or when two photos would still share an output.
+    """
+    from linedraw.errors import UsageError
+    from linedraw.images import display_path, list_images
+
+    inputs = [os.fspath(item) for item in inputs]
+    out_real = os.path.realpath(outdir)
+    seen: set[str] = set()
+    per_input: list[list[tuple[Path, Path]]] = []
+    for item in inputs:
+        root = _walk_root(item)
+        if root is not None and os.path.realpath(root) == out_real:
+            raise UsageError(
+                f"-o {display_path(outdir)} is the input folder {display_path(item)}: the drawings would be mixed "
+                "with the photos (and taken for photos by the next run); choose another -o"
+            )
+        found = []
+        for source, relative in list_images([item]):
+            key = os.path.normcase(os.path.abspath(source))
+            if key in seen:
+                continue
+            seen.add(key)
+            if root is not None and _is_inside(os.path.realpath(source), out_real):
+                continue  # a drawing of an earlier run into a folder inside this input
+            found.append((source, relative))
+        per_input.append(found)
+
+    # Same-stem photos of one real folder: a fixed extension order picks the one keeping the plain name.
+    names: list[list[Path]] = [[relative.with_suffix(suffix) for _, relative in found] for found in per_input]
+    siblings: dict[tuple[str, str], list[tuple[int, int]]] = {}
+    for i, found in enumerate(per_input):
+        for j, (source, _) in enumerate(found):
+            folder = os.path.normcase(os.path.realpath(source.parent))
+            siblings.setdefault((folder, source.stem), []).append((i, j))
+    for group in siblings.values():
+        if len(group) > 1:
+            ranked = sorted(group, key=lambda ij: _extension_rank(per_input[ij[0]][ij[1]][0]))
+            for i, j in ranked[1:]:
+                relative = per_input[i][j][1]
+                names[i][j] = relative.with_name(relative.name + suffix)
+
+    # Outputs of different inputs landing on one path: those inputs write under OUTDIR/<their folder's name>/.
+    nested: set[int] = set()
+    while True:
+        owners: dict[str, list[tuple[int, int]]] = {}
+        for i, targets in enumerate(names):
+            for j, target in enumerate(targets):
+                path = Path(_input_name(inputs, i)) / target if i in nested else target
+                owners.setdefault(os.path.normcase(str(path)), []).append((i, j))
+        clashes = [group for group in owners.values() if len(group) > 1]
+        newly = {i for group in clashes for i, _ in group if len({k for k, _ in group}) > 1} - nested
+        if not newly:
+            break
+        nested |= newly
+    if clashes:
+        (i, j), (k, m) = clashes[0][:2]
+        target = outdir / (Path(_input_name(inputs, i)) / names[i][j] if i in nested else names[i][j])
+        raise UsageError(
+            f"{display_path(per_input[i][j][0])} and {display_path(per_input[k][m][0])} would both be written to "
+            f"{display_path(target)}; convert them in separate runs, or rename one"
+        )
+    return [
+        Task(source, outdir / (Path(_input_name(inputs, i)) / names[i][j] if i in nested else names[i][j]))
+        for i, found in enumerate(per_input)
+        for j, (source, _) in enumerate(found)
+    ]
+
+
+def _walk_root(item: str) -> Path | None:
+    """The folder an input is walked from (a directory, or a glob's fixed prefix); None for a file."""
+    from linedraw.images import _glob_base, _has_magic
+
+    path = Path(item)
+    if path.is_dir():
+        return path
+    if not path.exists() and _has_magic(os.fspath(item)):
+        return _glob_base(os.fspath(item))
+    return None
+
+
+def _input_name(inputs: list[str], index: int) -> str:
+    """The folder name an input's outputs go under when they collide with another input's."""
+    item = inputs[index]
+    root = _walk_root(item)
+    folder = root if root is not None else Path(item).parent
+    return Path(os.path.abspath(folder)).name or "root"
+
+
+def _extension_rank(source: Path) -> tuple[int, str, str]:
+    extension = source.suffix.lower()
+    rank = EXTENSION_PRIORITY.index(extension) if extension in EXTENSION_PRIORITY else len(EXTENSION_PRIORITY)
+    return rank, extension, source.name
+
+
+def _is_inside(path: str, folder: str) -> bool:
+    return os.path.commonpath([path, folder]) == folder
 
 
 def run(args: argparse.Namespace) -> int:
-    """Handler of `linedraw convert`; returns 0 when every photo converted (or was skipped), 1 otherwise."""
+    """Handler of `linedraw convert`; returns 0 when every photo converted (or was skipped), 1 when some failed,
+    130 when interrupted (after printing the summary so far)."""
     from tqdm import tqdm
 
-    from linedraw.checkpoint import CheckpointError, load_generator
-    from linedraw.convert import Converter
-    from linedraw.images import DEFAULT_MAX_PIXELS, ImageError, display_path, open_image, save_image
+    from linedraw.checkpoint import load_generator
+    from linedraw.convert import Converter, PhotoSizeError
+    from linedraw.errors import UsageError
+    from linedraw.images import (
+        DEFAULT_MAX_PIXELS, ImageError, ImageTooLargeError, check_writable, display_path, open_image,
+        remove_stale_temp_files, save_image,
+    )
 
+    if args.workers is not None and args.workers < 0:
+        raise UsageError(f"--workers must be >= 0 (0 = decode and save in the main thread), got {args.workers}")
+    rank, world, device, show_progress = _process_share(args.device)
+    errors_path = _errors_path(args.errors, rank if world > 1 else None) if args.errors else None
+    if errors_path is not None:
+        check_writable(errors_path)  # before any work: a typo in --errors must not cost a whole run
     fmt, suffix, save_options = FORMATS[args.format]
     tasks = plan(args.inputs, Path(args.output), suffix)
     if not tasks:
-        print(f"error: no images found in {', '.join(args.inputs)}", file=sys.stderr)
-        return 2
-    rank, world, device, show_progress = _process_share(args.device)
+        raise UsageError(f"no images found in {', '.join(args.inputs)}")
     tasks = tasks[rank::world]  # before --skip-existing, so every process agrees on the split
     prefix = f"[rank {rank}] " if world > 1 else ""
 
@@ -124,22 +259,22 @@ def run(args: argparse.Namespace) -> int:
             skipped += 1
         else:
             todo.append(task)
+    stale = [p for folder in sorted({t.target.parent for t in todo}) for p in remove_stale_temp_files(folder)]
+    if stale:
+        print(f"{prefix}removed {len(stale)} temp file(s) left by an interrupted run", file=sys.stderr)
 
     _cpu_defaults(args, device)
-    try:
-        model, config = load_generator(args.checkpoint)
-        options = {k: getattr(args, k) for k in ("size", "max_pixels", "tile_overlap") if getattr(args, k) is not None}
-        converter = Converter(
-            model, config, device=device, half=args.half, batch_size=args.batch_size, invert=args.invert,
-            threshold=args.threshold, line_weight=args.line_weight,
-            channels_last={"auto": None, "on": True, "off": False}[args.channels_last], backend=args.backend,
-            **options,
-        )
-    except (CheckpointError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    model, config = load_generator(args.checkpoint)
+    refuse_above = args.refuse_above_pixels or DEFAULT_MAX_PIXELS
+    options = {"size": args.size, "max_pixels": args.tile_above_pixels, "tile_overlap": args.tile_overlap}
+    converter = Converter(
+        model, config, device=device, half=args.half, batch_size=args.batch_size, invert=args.invert,
+        threshold=args.threshold, line_weight=args.line_weight, output_size=args.output_size,
+        refuse_above_pixels=refuse_above,
+        channels_last={"auto": None, "on": True, "off": False}[args.channels_last], backend=args.backend,
+        **{k: v for k, v in options.items() if v is not None},
+    )
 
-    max_input = args.max_input_pixels or DEFAULT_MAX_PIXELS
     bar = tqdm(total=len(todo), unit="img", disable=None if show_progress else True, dynamic_ncols=True)
 
     def fail(task: Task, reason: str) -> None:
@@ -147,12 +282,29 @@ def run(args: argparse.Namespace) -> int:
         tqdm.write(f"{prefix}failed: {display_path(task.source)}: {reason}", file=sys.stderr)
         bar.update(1)
 
+    def warn(line: str) -> None:
+        tqdm.write(f"{prefix}warning: {line}", file=sys.stderr)
+
     def decode(task: Task):
         from linedraw.convert import pil_to_uint8
 
-        return pil_to_uint8(open_image(task.source, max_pixels=max_input))
+        image = open_image(task.source, max_pixels=refuse_above, warn=warn)
+        converter.check_photo(image.height, image.width)  # refused here, before it costs a forward pass
+        return pil_to_uint8(image)
+
+    def reason_of(error: Exception) -> str:
+        if isinstance(error, ImageTooLargeError):
+            return (f"{error.what}, over the limit of {error.limit} pixels (a possible decompression bomb: "
+                    "raise --refuse-above-pixels for trusted files)")
+        if isinstance(error, ImageError):
+            return error.reason
+        if isinstance(error, PhotoSizeError):
+            return str(error)
+        return f"cannot read: {error}"
 
     converted = 0
+    failed_before = len(failures)
+    interrupted = False
     start = time.perf_counter()
     with ThreadPoolExecutor(max(1, args.workers)) as writers:
         pending: deque[tuple[Task, Future]] = deque()
@@ -169,27 +321,36 @@ def run(args: argparse.Namespace) -> int:
                     converted += 1
                     bar.update(1)
 
-        for chunk in _chunks(_prefetch(decode, todo, args.workers), args.batch_size):
-            good = []
-            for task, result in chunk:
-                if isinstance(result, ImageError):
-                    fail(task, result.reason)
-                elif isinstance(result, Exception):
-                    fail(task, f"cannot read: {result}")
-                else:
-                    good.append((task, result))
-            for task, drawing in _convert_chunk(converter, good, fail):
-                pending.append((task, writers.submit(save_image, drawing, task.target, fmt, **save_options)))
-            collect(block_above=4 * args.batch_size)
-        collect(block_above=0)
+        decoded = _prefetch(decode, todo, args.workers)
+        try:
+            for chunk in _chunks(decoded, args.batch_size):
+                good = []
+                for task, result in chunk:
+                    if isinstance(result, Exception):
+                        fail(task, reason_of(result))
+                    else:
+                        good.append((task, result))
+                for task, drawing in _convert_chunk(converter, good, fail):
+                    pending.append((task, writers.submit(save_image, drawing, task.target, fmt, **save_options)))
+                collect(block_above=4 * args.batch_size)
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            decoded.close()  # stops decoding ahead; the drawings already handed to the writers are still saved
+            collect(block_above=0)
     bar.close()
 
     elapsed = time.perf_counter() - start
     rate = converted / elapsed if elapsed > 0 else 0.0
     print(f"{prefix}converted {converted}, skipped {skipped}, failed {len(failures)} "
           f"in {elapsed:.1f} s ({rate:.2f} images/s)")
-    if args.errors:
-        _write_errors(args.errors, failures, rank if world > 1 else None)
+    if errors_path is not None:
+        _write_errors(errors_path, failures)
+    if interrupted:
+        left = len(todo) - converted - (len(failures) - failed_before)
+        print(f"{prefix}interrupted: {left} photo(s) not converted "
+              "(rerun with --skip-existing to resume)", file=sys.stderr)
+        return 130
     return 0 if not failures else 1
 
 
@@ -287,13 +448,18 @@ def _same_file(source: Path, target: Path) -> bool:
         return False
 
 
-def _write_errors(path: str, failures: list[tuple[str, str]], rank: int | None) -> None:
-    """Failures as CSV (`path,reason`); under several processes each writes `<stem>.rank<N><suffix>`."""
-    from linedraw.images import write_atomic
-
+def _errors_path(path: str, rank: int | None) -> Path:
+    """Where the failures CSV goes; under several processes each writes `<stem>.rank<N><suffix>`."""
     target = Path(path)
     if rank is not None:
         target = target.with_name(f"{target.stem}.rank{rank}{target.suffix}")
+    return target
+
+
+def _write_errors(target: Path, failures: list[tuple[str, str]]) -> None:
+    """Failures as CSV (`path,reason`)."""
+    from linedraw.images import write_atomic
+
     text = io.StringIO()
     writer = csv.writer(text)
     writer.writerow(["path", "reason"])

@@ -1,4 +1,4 @@
-"""`linedraw export --onnx -o FILE`: the generator as an ONNX graph (dynamic H/W), checked against PyTorch."""
+"""`linedraw export -o FILE`: the generator as an ONNX graph (dynamic H/W), checked against PyTorch."""
 from __future__ import annotations
 
 import argparse
@@ -6,11 +6,28 @@ import importlib.util
 import sys
 
 
+class _Deprecated(argparse.Action):
+    """`--onnx`: once required to pick the (only) format, now the default; accepted with a one-line note."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(f"warning: {option_string} is deprecated and will be removed: ONNX is the default (and only) "
+              "export format", file=sys.stderr)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `linedraw export`."""
-    parser = subparsers.add_parser("export", help="export a checkpoint's generator (ONNX)")
-    parser.add_argument("--onnx", action="store_true", required=True, help="write an ONNX graph")
+    parser = subparsers.add_parser(
+        "export",
+        help="export a checkpoint's generator (ONNX)",
+        description="Write a checkpoint's generator as an ONNX graph with dynamic batch, height and width "
+        "(multiples of 4), for ONNX Runtime or other engines; when onnxruntime is installed, the graph is "
+        "checked against PyTorch on an input of another size than the one traced.",
+    )
     parser.add_argument("-o", "--output", required=True, metavar="FILE", help="where the .onnx file goes")
+    parser.add_argument("--onnx", action=_Deprecated, help=argparse.SUPPRESS)
     parser.add_argument("--checkpoint", default="contour", metavar="NAME|PATH",
                         help="shipped checkpoint name, .safetensors file or training output dir (default: contour)")
     parser.add_argument("--example-size", type=int, default=256, metavar="N",
@@ -23,17 +40,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Export, then compare with PyTorch on a non-square input of another size when onnxruntime is installed."""
-    from linedraw.checkpoint import CheckpointError, load_generator
+    from linedraw.checkpoint import load_generator
+    from linedraw.errors import LinedrawError
     from linedraw.export import check_onnx, export_onnx
+    from linedraw.images import check_writable
 
+    check_writable(args.output)  # before loading and tracing, which take a while
     if importlib.util.find_spec("onnxscript") is None:
-        print("error: ONNX export needs onnxscript and onnx: pip install 'linedraw[onnx]'", file=sys.stderr)
-        return 2
-    try:
-        model, _ = load_generator(args.checkpoint)
-    except CheckpointError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        raise LinedrawError("ONNX export needs onnxscript and onnx: pip install 'linedraw[onnx]'")
+    model, _ = load_generator(args.checkpoint)
     path = export_onnx(model, args.output, args.example_size, args.opset)
     print(f"wrote {path}")
     if importlib.util.find_spec("onnxruntime") is None:

@@ -6,7 +6,12 @@ import argparse
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `linedraw models`."""
-    parser = subparsers.add_parser("models", help="list shipped checkpoints and their model cards")
+    parser = subparsers.add_parser(
+        "models",
+        help="list shipped checkpoints and their model cards",
+        description="List the checkpoints `--checkpoint NAME` accepts: for each, the first line of its model card "
+        "and where its weights are. Folders in the LINEDRAW_CHECKPOINTS environment variable are searched first.",
+    )
     parser.set_defaults(func=run)
 
 
