@@ -120,9 +120,10 @@ def test_cli_prints_json_and_reports_bad_input(tmp_path, capsys):
     drawing = _paper()
     drawing[30, 8:88] = 0.0
     _write(tmp_path / "d" / "a.png", drawing)
-    assert main(["eval", "strokes", "--drawings", str(tmp_path / "d"), "--json", "-"]) == 0
-    payload = json.loads(capsys.readouterr().out)
-    assert payload["count"] == 1 and payload["drawings"]["a.png"]["strokes"] == 1
+    for json_flag in (["--json", "-"], ["--json"]):
+        assert main(["eval", "strokes", "--drawings", str(tmp_path / "d"), *json_flag]) == 0
+        payload = json.loads(capsys.readouterr().out)
+        assert payload["count"] == 1 and payload["drawings"]["a.png"]["strokes"] == 1
     assert main(["eval", "strokes", "--drawings", str(tmp_path / "d"), "--json", str(tmp_path / "s.json")]) == 0
     assert "mean" in capsys.readouterr().out
     assert json.loads((tmp_path / "s.json").read_text())["means"]["speck_fraction"] == 0.0

@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
+from linedraw.commands.options import add_json, emit
 from linedraw.errors import UsageError
-from linedraw.eval import write_json
 
 
 def register(eval_subparsers: argparse._SubParsersAction) -> None:
@@ -21,7 +20,7 @@ def register(eval_subparsers: argparse._SubParsersAction) -> None:
                     "resizing a drawing smooths a checkerboard away.")
     parser.add_argument("--drawings", required=True, help="folder of drawings (searched recursively)")
     parser.add_argument("--threshold", type=float, default=0.5, help="line / paper threshold in (0, 1) (default: 0.5)")
-    parser.add_argument("--json", metavar="OUT.json", help="also write the scores as JSON ('-' for stdout only)")
+    add_json(parser, "the scores")
     parser.set_defaults(func=run)
 
 
@@ -34,15 +33,11 @@ def run(args: argparse.Namespace) -> int:
     report = evaluate_strokes(args.drawings, args.threshold)
     for line in report.errors:
         print(f"failed: {line}", file=sys.stderr)
-    if args.json == "-":
-        print(json.dumps(report.to_dict(), indent=2))
-    else:
-        width = max([len(name) for name in report.rows] + [len("mean")])
-        print(f"{'drawing':<{width}}  " + "  ".join(f"{name:>19}" for name in SCORE_NAMES))
-        for name, row in [*report.rows.items(), *([("mean", report.means)] if report.rows else [])]:
-            print(f"{name:<{width}}  " + "  ".join(f"{row[key]:>19.4g}" for key in SCORE_NAMES))
-        if args.json:
-            write_json(args.json, report.to_dict())
+    width = max([len(name) for name in report.rows] + [len("mean")])
+    lines = [f"{'drawing':<{width}}  " + "  ".join(f"{name:>19}" for name in SCORE_NAMES)]
+    for name, row in [*report.rows.items(), *([("mean", report.means)] if report.rows else [])]:
+        lines.append(f"{name:<{width}}  " + "  ".join(f"{row[key]:>19.4g}" for key in SCORE_NAMES))
+    emit(args.json, report.to_dict(), lines)
     if not report.rows:
         print(f"error: no drawing could be measured in {args.drawings}", file=sys.stderr)
         return 1
