@@ -21,6 +21,7 @@ COMMAND_MODULES: list[str] = [
     "linedraw.commands.distill",
     "linedraw.commands.index",
     "linedraw.commands.search",
+    "linedraw.commands.serve",
     "linedraw.commands.retrieval",
 ]
 
