@@ -19,6 +19,8 @@ class _Deprecated(argparse.Action):
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `linedraw export`."""
+    from linedraw.commands.options import add_output
+
     parser = subparsers.add_parser(
         "export",
         help="export a checkpoint's generator (ONNX)",
@@ -26,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(multiples of 4), for ONNX Runtime or other engines; when onnxruntime is installed, the graph is "
         "checked against PyTorch on an input of another size than the one traced.",
     )
-    parser.add_argument("-o", "--output", required=True, metavar="FILE", help="where the .onnx file goes")
+    add_output(parser, "where the .onnx file goes", metavar="FILE")
     parser.add_argument("--onnx", action=_Deprecated, help=argparse.SUPPRESS)
     parser.add_argument("--checkpoint", default="contour", metavar="NAME|PATH",
                         help="shipped checkpoint name, .safetensors file or training output dir (default: contour)")
