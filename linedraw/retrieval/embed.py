@@ -6,14 +6,17 @@ A spec is whatever `linedraw.teachers.semantic.build_semantic_encoder` accepts (
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from linedraw.errors import LinedrawError
 from linedraw.images import to_tensor
 
 
@@ -53,6 +56,37 @@ def build_embedder(spec: str, device: str | torch.device = "cpu") -> Embedder:
         from linedraw.retrieval.trained import load_trained_embedder
 
         return Embedder(load_trained_embedder(spec), os.path.abspath(spec), device)
+    from linedraw.teachers.base import MissingWeightsError
     from linedraw.teachers.semantic import build_semantic_encoder
 
-    return Embedder(build_semantic_encoder(spec), spec, device)
+    try:
+        with _root_log_kept_on_success():
+            encoder = build_semantic_encoder(spec)
+    except LinedrawError:
+        raise
+    except (OSError, RuntimeError) as exc:
+        if not spec.startswith("openclip:"):
+            raise
+        # open_clip downloads tagged weights on first use and raises RuntimeError when it cannot (offline).
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(": ")[0]
+        raise MissingWeightsError(
+            f"embedder {spec!r}: its weights could not be loaded ({reason}); offline, pass a local weights file "
+            "(openclip:MODEL:/path/to/weights.pt) or use efficientnet-lite0") from exc
+    return Embedder(encoder, spec, device)
+
+
+@contextlib.contextmanager
+def _root_log_kept_on_success() -> Iterator[None]:
+    """Hold back what is logged to the root logger meanwhile (open_clip logs its download failure there before
+    raising): passed on if the block succeeds, dropped if it raises, whose error then says it once."""
+    records: list[logging.LogRecord] = []
+    collector = logging.Handler()
+    collector.emit = records.append  # type: ignore[method-assign]
+    root = logging.getLogger()
+    root.addHandler(collector)
+    try:
+        yield
+    finally:
+        root.removeHandler(collector)
+    for record in records:
+        root.handle(record)
