@@ -22,6 +22,8 @@ The baseline indexes the same photos without drawing them (--raw), with the same
 
 def register(eval_subparsers: argparse._SubParsersAction) -> None:
     """Add `linedraw eval retrieval`."""
+    from linedraw.commands.index import positive_int
+
     parser = eval_subparsers.add_parser(
         "retrieval", help="mAP / P@K / R@K / acc@K of sketch queries against an index and the raw-photo baseline",
         epilog=METRICS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -32,30 +34,25 @@ def register(eval_subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-baseline", action="store_true", help="evaluate --index alone")
     parser.add_argument("--json", metavar="OUT.json", help="also write the metrics as JSON")
     parser.add_argument("--device", default=None, help="torch device (default: cuda, mps or cpu)")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--batch-size", type=positive_int, default=32,
+                        help="images embedded at once (default: 32)")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from linedraw.commands.index import default_device
+    from linedraw.errors import UsageError
+    from linedraw.images import write_text_atomic
     from linedraw.retrieval.evaluate import embed_queries, evaluate, format_table
     from linedraw.retrieval.gallery import Encoding, PhotoEncoder, build_index, encoding_of
     from linedraw.retrieval.index import GalleryIndex
 
     device = args.device or default_device()
-    try:
-        index = GalleryIndex.open(args.index)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    index = GalleryIndex.open(args.index)  # checked before the embedder is loaded or any query embedded
     m = index.manifest
     drawing_encoder = PhotoEncoder(encoding_of(m), device, args.batch_size)
-    try:
-        queries = embed_queries(args.queries, drawing_encoder, args.batch_size, not args.no_progress)
-    except FileNotFoundError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    queries = embed_queries(args.queries, drawing_encoder, args.batch_size, not args.no_progress)
     name = f"drawings ({m['checkpoint']})" if m.get("checkpoint") else "index (raw photos)"
     columns = {name: evaluate(index, queries)}
     photos = sorted({item.path for item in index.all_items()})
@@ -77,9 +74,8 @@ def run(args: argparse.Namespace) -> int:
                             batch_size=args.batch_size, progress=not args.no_progress)
             with GalleryIndex.open(baseline_dir) as baseline:
                 if baseline.manifest["embedder"] != m["embedder"] or baseline.manifest.get("checkpoint"):
-                    print(f"error: {baseline_dir} is not a raw-photo index with embedder {m['embedder']}",
-                          file=sys.stderr)
-                    return 2
+                    raise UsageError(f"--baseline-index {baseline_dir} is not a raw-photo index with embedder "
+                                     f"{m['embedder']}")
                 columns = {"raw photos": evaluate(baseline, queries), **columns}
         finally:
             if temporary:
@@ -88,7 +84,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"embedder {m['embedder']}, {len(queries.paths)} queries from {args.queries}")
     print(format_table(columns))
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump({"embedder": m["embedder"], "checkpoint": m.get("checkpoint"), "metrics": columns},
-                      handle, indent=2)
+        write_text_atomic(args.json, json.dumps({"embedder": m["embedder"], "checkpoint": m.get("checkpoint"),
+                                                 "metrics": columns}, indent=2))
     return 0

@@ -17,6 +17,54 @@ sharded builds: `accelerate launch -m linedraw index build ... --like TRAINED` r
 """
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (batch sizes, chunk sizes, result counts)."""
+    return _whole(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: a whole number >= 0 (0 keeps a default)."""
+    return _whole(text, 0)
+
+
+def _whole(text: str, lowest: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < lowest:
+        raise argparse.ArgumentTypeError(f"must be at least {lowest}, got {value}")
+    return value
+
+
+def seconds(text: str) -> float:
+    """argparse type: a number of seconds >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, got {text}")
+    return value
+
+
+def share(text: str) -> float:
+    """argparse type: a share between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
+def add_wait_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--wait", type=seconds, default=0.0, metavar="SECONDS",
+                        help="if another writer holds the index, wait up to this long for it "
+                             "(default: 0, fail at once)")
+
+
 def default_device() -> str:
     """cuda (this process's local rank under accelerate/torchrun), then mps, then cpu."""
     import torch
@@ -30,8 +78,10 @@ def default_device() -> str:
 
 def add_runtime_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="torch device (default: cuda, mps or cpu)")
-    parser.add_argument("--batch-size", type=int, default=16, help="photos converted/embedded at once")
-    parser.add_argument("--chunk-size", type=int, default=256, help="photos per resumable work chunk")
+    parser.add_argument("--batch-size", type=positive_int, default=16,
+                        help="photos converted/embedded at once (default: 16)")
+    parser.add_argument("--chunk-size", type=positive_int, default=256,
+                        help="photos per resumable work chunk (default: 256)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -43,47 +93,58 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build = sub.add_parser("build", help="index photos (each by its drawing's embedding)", epilog=BUILD_EPILOG,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     build.add_argument("gallery", nargs="+", help="photo files, folders or glob patterns")
-    build.add_argument("-o", "--output", required=True, help="index directory to write")
+    build.add_argument("-o", "--output", required=True,
+                       help="index directory to write: new, empty, or an index to replace (any other folder, "
+                            "and a folder inside the photos, is refused)")
     build.add_argument("--checkpoint", default="contour", help="generator that draws the photos (default: contour)")
     build.add_argument("--raw", action="store_true", help="embed the photos themselves (the no-drawing baseline)")
     build.add_argument("--embedder", default="efficientnet-lite0",
                        help="openclip:MODEL:PRETRAINED, efficientnet-lite0 (offline), timm:MODEL[:WEIGHTS], "
                             "or a trained embedder folder (default: efficientnet-lite0)")
-    build.add_argument("--kind", default="auto", choices=("auto", "flat", "hnsw", "ivfpq"))
+    build.add_argument("--kind", default="auto", choices=("auto", "flat", "hnsw", "ivfpq"),
+                       help="Faiss index kind, see below (default: auto)")
     build.add_argument("--memory", default="8G", help="memory budget for the index, e.g. 16G (default: 8G)")
     build.add_argument("--on-disk", action="store_true", default=None,
                        help="keep IVF-PQ inverted lists on disk (default: only when over --memory)")
     build.add_argument("--objects", choices=("boxes", "masks"),
                        help="index each object: crop to its box (boxes) or also whiten outside its mask (masks)")
     build.add_argument("--object-source", help="COCO-style boxes JSON, or a folder of <stem>.png label masks")
-    build.add_argument("--min-object-area", type=float, default=0.01, help="smallest object, share of the photo")
-    build.add_argument("--draw-size", type=int, default=256,
+    build.add_argument("--min-object-area", type=share, default=0.01,
+                       help="smallest object, share of the photo (default: 0.01)")
+    build.add_argument("--draw-size", type=positive_int, default=256,
                        help="short side photos are drawn at before embedding (default: 256)")
     build.add_argument("--like", help="copy encoding and trained IVF-PQ quantizer from this index (for shards)")
     build.add_argument("--shard", help="I/N: index every N-th photo from the I-th (default under accelerate "
                                        "launch: this process's rank / world size)")
     add_runtime_args(build)
+    add_wait_arg(build)
     build.set_defaults(func=run_build)
 
     add = sub.add_parser("add", help="add new or changed photos (by content hash); unchanged ones are skipped")
-    add.add_argument("index")
+    add.add_argument("index", help="index directory from `linedraw index build`")
     add.add_argument("paths", nargs="+", help="photo files, folders or glob patterns")
     add_runtime_args(add)
+    add_wait_arg(add)
     add.set_defaults(func=run_add)
 
-    remove = sub.add_parser("remove", help="remove photos (files or whole folders) from an index")
-    remove.add_argument("index")
-    remove.add_argument("paths", nargs="+")
+    remove = sub.add_parser("remove", help="remove photos (files, whole folders or globs) from an index")
+    remove.add_argument("index", help="index directory from `linedraw index build`")
+    remove.add_argument("paths", nargs="+", help="photo files, folders or glob patterns, as `index add` takes them; "
+                                                 "matched against the indexed paths, so photos already deleted "
+                                                 "from disk can be removed too")
+    add_wait_arg(remove)
     remove.set_defaults(func=run_remove)
 
     info = sub.add_parser("info", help="print an index's manifest summary")
-    info.add_argument("index")
-    info.add_argument("--json", action="store_true", help="print the full manifest as JSON")
+    info.add_argument("index", help="index directory from `linedraw index build`")
+    info.add_argument("--json", action="store_true", help="print the full manifest as JSON (default: a summary)")
     info.set_defaults(func=run_info)
 
     merge = sub.add_parser("merge", help="merge shard indexes built alike (see `index build --like`)")
     merge.add_argument("shards", nargs="+", help="shard index directories")
-    merge.add_argument("-o", "--output", required=True)
+    merge.add_argument("-o", "--output", required=True,
+                       help="index directory to write: new, empty, or an index to replace")
+    add_wait_arg(merge)
     merge.set_defaults(func=run_merge)
 
 
@@ -104,50 +165,46 @@ def _print_report(report, verb: str) -> int:
 
 
 def run_build(args: argparse.Namespace) -> int:
+    from linedraw.errors import UsageError
     from linedraw.retrieval.gallery import Encoding, build_index, parse_shard
     from linedraw.retrieval.index import parse_size
 
-    shard = parse_shard(args.shard)
+    if args.objects and not args.object_source:
+        raise UsageError("--objects needs --object-source (boxes JSON or masks folder)")
+    try:
+        shard = parse_shard(args.shard)
+    except UsageError as exc:
+        raise UsageError(f"--{exc}") from None
     output = args.output
     if shard[1] > 1:
         output = f"{output.rstrip(os.sep)}.shard{shard[0]:03d}-of-{shard[1]:03d}"
-    if args.objects and not args.object_source:
-        print("error: --objects needs --object-source (boxes JSON or masks folder)", file=sys.stderr)
-        return 2
     encoding = Encoding(args.embedder, None if args.raw else args.checkpoint, args.objects,
                         os.path.abspath(args.object_source) if args.object_source else None,
                         args.min_object_area, args.draw_size)
     try:
-        report = build_index(args.gallery, output, encoding, kind=args.kind, memory=parse_size(args.memory),
-                             on_disk=args.on_disk, like=args.like, shard=shard,
-                             device=args.device or default_device(), batch_size=args.batch_size,
-                             chunk_size=args.chunk_size, progress=not args.no_progress)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        memory = parse_size(args.memory)
+    except UsageError as exc:
+        raise UsageError(f"--{exc}") from None
+    report = build_index(args.gallery, output, encoding, kind=args.kind, memory=memory, on_disk=args.on_disk,
+                         like=args.like, shard=shard, device=args.device or default_device(),
+                         batch_size=args.batch_size, chunk_size=args.chunk_size, progress=not args.no_progress,
+                         wait=args.wait)
     return _print_report(report, f"indexed in {output}")
 
 
 def run_add(args: argparse.Namespace) -> int:
     from linedraw.retrieval.gallery import add_to_index
 
-    try:
-        report = add_to_index(args.index, args.paths, device=args.device or default_device(),
-                              batch_size=args.batch_size, chunk_size=args.chunk_size, progress=not args.no_progress)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    report = add_to_index(args.index, args.paths, device=args.device or default_device(),
+                          batch_size=args.batch_size, chunk_size=args.chunk_size, progress=not args.no_progress,
+                          wait=args.wait)
     return _print_report(report, f"added to {args.index}")
 
 
 def run_remove(args: argparse.Namespace) -> int:
     from linedraw.retrieval.gallery import remove_from_index
 
-    try:
-        removed, unmatched = remove_from_index(args.index, args.paths)
-    except FileNotFoundError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    removed, unmatched = remove_from_index(args.index, args.paths, wait=args.wait)
     print(f"{removed} items removed from {args.index}")
     for path in unmatched:
         print(f"  not in the index: {path}", file=sys.stderr)
@@ -157,12 +214,7 @@ def run_remove(args: argparse.Namespace) -> int:
 def run_info(args: argparse.Namespace) -> int:
     from linedraw.retrieval.index import GalleryIndex, manifest_summary
 
-    try:
-        index = GalleryIndex.open(args.index)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    with index:
+    with GalleryIndex.open(args.index) as index:
         if args.json:
             print(json.dumps(index.manifest, indent=2, sort_keys=True))
             return 0
@@ -179,11 +231,7 @@ def run_info(args: argparse.Namespace) -> int:
 def run_merge(args: argparse.Namespace) -> int:
     from linedraw.retrieval.index import merge_indexes
 
-    try:
-        merged = merge_indexes(args.output, args.shards)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    merged = merge_indexes(args.output, args.shards, wait=args.wait)
     print(f"merged {len(args.shards)} shards into {args.output}: {merged.count} items")
     merged.close()
     return 0

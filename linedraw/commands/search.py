@@ -12,6 +12,8 @@ import sys
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `linedraw search`."""
+    from linedraw.commands.index import non_negative_int, positive_int
+
     parser = subparsers.add_parser(
         "search", help="find indexed photos that match a sketch",
         description="A query sketch (grey-level image) is embedded as is; a colour photo is first converted to "
@@ -19,12 +21,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "(approximate for IVF-PQ).")
     parser.add_argument("index", help="index directory from `linedraw index build`")
     parser.add_argument("queries", nargs="+", metavar="QUERY", help="sketch or photo files, folders or globs")
-    parser.add_argument("-k", type=int, default=10, help="results per query (default: 10)")
+    parser.add_argument("-k", type=positive_int, default=10, help="results per query (default: 10)")
     parser.add_argument("--raw", action="store_true", help="embed query photos as they are (no conversion)")
     parser.add_argument("--json", action="store_true", help="print JSON lines: one object per query")
     parser.add_argument("--html", metavar="OUT.html", help="also write a results page with thumbnails")
-    parser.add_argument("--nprobe", type=int, default=0, help="IVF cells to visit (default: the manifest's)")
-    parser.add_argument("--ef-search", type=int, default=0, help="HNSW search breadth (default: the manifest's)")
+    parser.add_argument("--nprobe", type=non_negative_int, default=0,
+                        help="IVF cells to visit (default: 0, the manifest's)")
+    parser.add_argument("--ef-search", type=non_negative_int, default=0,
+                        help="HNSW search breadth (default: 0, the manifest's)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda, mps or cpu)")
     parser.set_defaults(func=run)
 
@@ -35,11 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from linedraw.retrieval.gallery import PhotoEncoder, encoding_of
     from linedraw.retrieval.index import GalleryIndex, configure_search
 
-    try:
-        index = GalleryIndex.open(args.index)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    index = GalleryIndex.open(args.index)  # checked before the embedder is loaded or any query embedded
     configure_search(index.index, args.nprobe, args.ef_search)
     m = index.manifest
     encoder = PhotoEncoder(encoding_of(m), args.device or default_device())

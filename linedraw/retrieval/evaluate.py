@@ -15,6 +15,7 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
+from linedraw.errors import MissingFileError
 from linedraw.images import ImageError, list_images, open_image
 from linedraw.retrieval.gallery import PhotoEncoder
 from linedraw.retrieval.index import GalleryIndex
@@ -38,7 +39,7 @@ def embed_queries(folder: str | Path, encoder: PhotoEncoder, batch_size: int = 6
     paths, images, vectors = [], [], []
     found = [p for p, _ in list_images([folder])]
     if not found:
-        raise FileNotFoundError(f"{folder}: no query images")
+        raise MissingFileError(f"{folder}: no query images")
     for path in tqdm(found, unit="query", desc="queries", disable=not progress):
         try:
             images.append(open_image(path, mode="RGB"))

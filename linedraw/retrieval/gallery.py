@@ -2,10 +2,13 @@
 
 Embedding is the slow part, so it checkpoints: photos are processed in chunks whose vectors and items are
 saved in a work area beside the index (`<INDEX>.work/`); a rerun of the same command skips finished chunks.
-Only when every chunk is done is the Faiss index trained/filled and published (see `index.py`).
+Only when every chunk is done is the Faiss index trained/filled and published (see `index.py`). Each command
+holds the index's writer lock from start to end, so the work area is never shared by two writers.
 """
 from __future__ import annotations
 
+import fnmatch
+import glob
 import hashlib
 import json
 import os
@@ -20,11 +23,11 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from linedraw.images import write_atomic_path
-from linedraw.images import ImageError, display_path, list_images, open_image
+from linedraw.errors import MissingFileError, UsageError
+from linedraw.images import ImageError, display_path, list_images, open_image, write_atomic_path
 from linedraw.retrieval.embed import Embedder, build_embedder
 from linedraw.retrieval.index import (
-    SHARD_ID_BITS, GalleryIndex, Item, create_faiss_index, empty_clone, plan_index,
+    SHARD_ID_BITS, GalleryIndex, Item, check_output, create_faiss_index, empty_clone, plan_index, writer_lock,
 )
 from linedraw.retrieval.objects import ObjectSource, crop_object
 
@@ -91,10 +94,10 @@ class PhotoEncoder:
         self.objects = None
         if encoding.objects:
             if not encoding.object_source:
-                raise ValueError(f"objects={encoding.objects!r} needs an object source (boxes JSON or masks folder)")
+                raise UsageError(f"objects={encoding.objects!r} needs an object_source (boxes JSON or masks folder)")
             self.objects = ObjectSource(encoding.object_source, encoding.min_object_area)
             if encoding.objects == "masks" and not self.objects.has_masks:
-                raise ValueError(f"{encoding.object_source}: masks mode needs a masks folder, not a boxes file")
+                raise UsageError(f"{encoding.object_source}: masks mode needs a masks folder, not a boxes file")
 
     @property
     def converter(self):
@@ -128,6 +131,9 @@ def _work_dir(index_dir: Path) -> Path:
     return index_dir.with_name(index_dir.name + ".work")
 
 
+def _positive(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UsageError(f"{name} must be a whole number >= 1, got {value!r}")
 
 
 def _save_npy(path: str, array: np.ndarray) -> None:
@@ -140,11 +146,16 @@ def embed_photos(photos: Sequence[Path], work: Path, encoder: PhotoEncoder, sett
     """Embed `photos` into chunk files under `work`, skipping chunks a previous run finished.
 
     Returns (chunk vector files in order, failure messages, photos without objects). `settings` identify
-    the run: a work area left by different settings or photos is cleared first.
+    the run: a work area left by different settings or photos is cleared first (a folder of that name that
+    linedraw did not make is refused, never cleared).
     """
+    _positive("chunk_size", chunk_size)
     identity = json.dumps({"settings": settings, "photos": [str(p) for p in photos]}, sort_keys=True)
     digest = hashlib.sha256(identity.encode()).hexdigest()
     plan_file = work / "plan.json"
+    if work.exists() and not plan_file.is_file() and (not work.is_dir() or os.listdir(work)):
+        raise UsageError(f"{display_path(work)}: exists but is not a linedraw work area (no plan.json); refusing "
+                         "to clear it: move it away")
     if work.exists() and (not plan_file.is_file() or json.loads(plan_file.read_text()).get("digest") != digest):
         tqdm.write(f"{display_path(work)}: left by a different run, starting over", file=sys.stderr)
         shutil.rmtree(work)
@@ -205,8 +216,7 @@ def _embed_chunk(photos: Sequence[Path], encoder: PhotoEncoder, bar: tqdm):
                     items.append(Item(**{**asdict(base), "object": obj.name, "box": obj.box}))
         except (ImageError, OSError) as exc:
             message = str(exc) if isinstance(exc, ImageError) else f"{display_path(path)}: {exc}"
-            errors.append(message)
-            tqdm.write(f"skipped {message}", file=sys.stderr)
+            errors.append(message)  # reported once, with the others, when the command ends
         pending += 1
         if len(images) >= encoder.batch_size:
             flush()
@@ -242,119 +252,144 @@ def parse_shard(text: str | None) -> tuple[int, int]:
     try:
         shard = (int(index), int(count))
     except ValueError:
-        raise ValueError(f"--shard wants I/N (e.g. 0/8), got {text!r}") from None
+        raise UsageError(f"shard wants I/N (e.g. 0/8), got {text!r}") from None
     if not 0 <= shard[0] < shard[1]:
-        raise ValueError(f"--shard {text}: need 0 <= I < N")
+        raise UsageError(f"shard {text!r}: need 0 <= I < N")
     return shard
+
+
+def input_folders(inputs: Iterable[str | os.PathLike]) -> list[str]:
+    """The folders among `inputs` (files, folders, glob patterns), globs expanded: an index must not be
+    written inside them."""
+    folders = []
+    for item in inputs:
+        text = os.fspath(item)
+        matches = [text] if os.path.exists(text) or not glob.has_magic(text) else glob.glob(text, recursive=True)
+        folders += [m for m in matches if os.path.isdir(m)]
+    return folders
 
 
 def build_index(gallery: Iterable[str], output: str | os.PathLike, encoding: Encoding, *, kind: str = "auto",
                 memory: int = 8 << 30, on_disk: bool | None = None, like: str | None = None,
                 shard: tuple[int, int] = (0, 1), device: str = "cpu", batch_size: int = 16,
-                chunk_size: int = 256, progress: bool = True, encoder: PhotoEncoder | None = None) -> Report:
-    """Build a new index at `output` from the photos under `gallery` (replacing any index there).
+                chunk_size: int = 256, progress: bool = True, encoder: PhotoEncoder | None = None,
+                wait: float = 0.0) -> Report:
+    """Build a new index at `output` from the photos under `gallery`, replacing an index there (but refusing
+    any other existing folder, or one inside the photo folders; see `check_output`).
 
     `like` reuses another index's encoding and trained IVF-PQ quantizer (needed for shards that will be
-    merged); `shard=(i, n)` takes every n-th photo from the i-th and numbers items from `i << 40`.
+    merged); `shard=(i, n)` takes every n-th photo from the i-th and numbers items from `i << 40`. Waits up to
+    `wait` seconds for another writer of `output`.
     """
     output, gallery = Path(output), list(gallery)
-    template = GalleryIndex.open(like) if like else None
-    if template is not None:
-        m = template.manifest
-        encoding = encoding_of(m)
-    photos = [p for p, _ in list_images(gallery)][shard[0]::shard[1]]
-    encoder = encoder or PhotoEncoder(encoding, device, batch_size)
-    work = _work_dir(output)
-    settings = {"encoding": asdict(encoding), "shard": list(shard)}
-    chunks, failures, no_objects = embed_photos(photos, work, encoder, settings, chunk_size, progress)
-    total = sum(len(np.load(c, mmap_mode="r")) for c in chunks)
-    dim = encoder.embedder.dim
-    if template is not None:
-        faiss_index = empty_clone(template.index)
-        manifest = {k: template.manifest[k] for k in ("kind", "factory", "nprobe", "ef_search", "on_disk")}
-        template.close()
-    else:
-        if total == 0:
-            raise ValueError(f"no photo could be indexed from {', '.join(map(str, gallery))}")
-        plan = plan_index(kind, total, dim, memory, on_disk)
-        faiss_index = create_faiss_index(plan, dim)
-        if not faiss_index.is_trained:  # IVF-PQ: 64 points per cell are plenty, 500k at least if available
-            cells = faiss.extract_index_ivf(faiss_index).nlist
-            faiss_index.train(_training_sample(chunks, total, max(MAX_TRAIN_VECTORS, 64 * cells)))
-        manifest = asdict(plan)
-    manifest.update(asdict(encoding), dim=dim, embedder_name=encoder.embedder.name,
-                    next_id=shard[0] << SHARD_ID_BITS, shard=list(shard) if shard[1] > 1 else None)
-    index = GalleryIndex.create(output, manifest, faiss_index)
-    try:
-        for chunk in chunks:
-            vectors, items = _chunk_items(chunk)
-            index.add(vectors, items)
-        index.commit()
-    except BaseException:
-        index.discard()
-        raise
-    index.close()
-    shutil.rmtree(work, ignore_errors=True)
+    _positive("batch_size", batch_size)
+    _positive("chunk_size", chunk_size)
+    check_output(output, input_folders(gallery))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with writer_lock(output, wait):
+        template = GalleryIndex.open(like) if like else None
+        if template is not None:
+            encoding = encoding_of(template.manifest)
+        photos = [p for p, _ in list_images(gallery)][shard[0]::shard[1]]
+        encoder = encoder or PhotoEncoder(encoding, device, batch_size)
+        work = _work_dir(output)
+        settings = {"encoding": asdict(encoding), "shard": list(shard)}
+        chunks, failures, no_objects = embed_photos(photos, work, encoder, settings, chunk_size, progress)
+        total = sum(len(np.load(c, mmap_mode="r")) for c in chunks)
+        dim = encoder.embedder.dim
+        if template is not None:
+            faiss_index = empty_clone(template.index)
+            manifest = {k: template.manifest[k] for k in ("kind", "factory", "nprobe", "ef_search", "on_disk")}
+            template.close()
+        else:
+            if total == 0:
+                raise MissingFileError(f"no photo could be indexed from {', '.join(map(display_path, gallery))}"
+                                       + (f" ({len(failures)} failed: {failures[0]})" if failures else ""))
+            plan = plan_index(kind, total, dim, memory, on_disk)
+            faiss_index = create_faiss_index(plan, dim)
+            if not faiss_index.is_trained:  # IVF-PQ: 64 points per cell are plenty, 500k at least if available
+                cells = faiss.extract_index_ivf(faiss_index).nlist
+                faiss_index.train(_training_sample(chunks, total, max(MAX_TRAIN_VECTORS, 64 * cells)))
+            manifest = asdict(plan)
+        manifest.update(asdict(encoding), dim=dim, embedder_name=encoder.embedder.name,
+                        next_id=shard[0] << SHARD_ID_BITS, shard=list(shard) if shard[1] > 1 else None)
+        index = GalleryIndex.create(output, manifest, faiss_index)
+        try:
+            for chunk in chunks:
+                vectors, items = _chunk_items(chunk)
+                index.add(vectors, items)
+            index.commit()
+        except BaseException:
+            index.discard()
+            raise
+        index.close()
+        shutil.rmtree(work, ignore_errors=True)
     return Report(added=total, no_objects=no_objects, failures=failures)
 
 
 def add_to_index(index_dir: str | os.PathLike, paths: Iterable[str], *, device: str = "cpu",
                  batch_size: int = 16, chunk_size: int = 256, progress: bool = True,
-                 encoder: PhotoEncoder | None = None) -> Report:
-    """Add new photos and re-embed changed ones (content hash differs); unchanged photos are skipped."""
+                 encoder: PhotoEncoder | None = None, wait: float = 0.0) -> Report:
+    """Add new photos and re-embed changed ones (content hash differs); unchanged photos are skipped. Holds
+    the index's writer lock throughout (waiting up to `wait` seconds for another writer)."""
     index_dir = Path(index_dir)
-    current = GalleryIndex.open(index_dir)
-    m = current.manifest
-    encoding = encoding_of(m)
-    report = Report()
-    todo, stale_ids, touched = [], [], []
-    for path, _ in list_images(paths):
-        absolute = os.path.abspath(path)
-        known = current.items_for_path(absolute)
-        if known:
-            try:
-                stat = os.stat(path)
-                same = (stat.st_size, stat.st_mtime) == (known[0].size, known[0].mtime)
-                if not same and file_sha256(path) == known[0].sha256:
-                    same = True
-                    touched.append((stat.st_mtime, absolute))
-            except OSError as exc:
-                report.failures.append(f"{display_path(path)}: {exc.strerror or exc}")
-                continue
-            if same:
-                report.unchanged += 1
-                continue
-            stale_ids += [i.id for i in known]
-            report.replaced += 1
-        todo.append(Path(path))
-    current.close()
-    if not todo and not touched:
-        return report
-    encoder = encoder or PhotoEncoder(encoding, device, batch_size)
-    work = _work_dir(index_dir)
-    chunks, failures, report.no_objects = embed_photos(todo, work, encoder, {"add": asdict(encoding)},
-                                                       chunk_size, progress)
-    report.failures += failures
-    with GalleryIndex.edit(index_dir) as index:
-        index.remove(stale_ids)
-        for chunk in chunks:
-            vectors, items = _chunk_items(chunk)
-            index.add(vectors, items)
-            report.added += len(items)
-        index.db.executemany("UPDATE items SET mtime = ? WHERE path = ?", touched)
-    shutil.rmtree(work, ignore_errors=True)
+    _positive("batch_size", batch_size)
+    _positive("chunk_size", chunk_size)
+    with writer_lock(index_dir, wait, existing=True):
+        current = GalleryIndex.open(index_dir)
+        encoding = encoding_of(current.manifest)
+        report = Report()
+        todo, stale_ids, touched = [], [], []
+        for path, _ in list_images(paths):
+            absolute = os.path.abspath(path)
+            known = current.items_for_path(absolute)
+            if known:
+                try:
+                    stat = os.stat(path)
+                    same = (stat.st_size, stat.st_mtime) == (known[0].size, known[0].mtime)
+                    if not same and file_sha256(path) == known[0].sha256:
+                        same = True
+                        touched.append((stat.st_mtime, absolute))
+                except OSError as exc:
+                    report.failures.append(f"{display_path(path)}: {exc.strerror or exc}")
+                    continue
+                if same:
+                    report.unchanged += 1
+                    continue
+                stale_ids += [i.id for i in known]
+                report.replaced += 1
+            todo.append(Path(path))
+        current.close()
+        if not todo and not touched:
+            return report
+        encoder = encoder or PhotoEncoder(encoding, device, batch_size)
+        work = _work_dir(index_dir)
+        chunks, failures, report.no_objects = embed_photos(todo, work, encoder, {"add": asdict(encoding)},
+                                                           chunk_size, progress)
+        report.failures += failures
+        with GalleryIndex.edit(index_dir) as index:
+            index.remove(stale_ids)
+            for chunk in chunks:
+                vectors, items = _chunk_items(chunk)
+                index.add(vectors, items)
+                report.added += len(items)
+            index.db.executemany("UPDATE items SET mtime = ? WHERE path = ?", touched)
+        shutil.rmtree(work, ignore_errors=True)
     return report
 
 
-def remove_from_index(index_dir: str | os.PathLike, paths: Iterable[str]) -> tuple[int, list[str]]:
-    """Remove the items of photos (files, or every photo under a folder), present on disk or not.
-    Returns (items removed, the paths that matched nothing)."""
-    with GalleryIndex.edit(index_dir) as index:
+def remove_from_index(index_dir: str | os.PathLike, paths: Iterable[str],
+                      wait: float = 0.0) -> tuple[int, list[str]]:
+    """Remove the items of photos (files, every photo under a folder, or glob patterns as `add_to_index`
+    takes them), present on disk or not. Returns (items removed, the paths that matched nothing)."""
+    with GalleryIndex.edit(index_dir, wait=wait) as index:
         ids, unmatched = [], []
         for path in paths:
             absolute = os.path.abspath(path)
             rows = index.db.execute("SELECT id FROM items WHERE path = ? OR path LIKE ? ESCAPE '\\'",
                                     (absolute, _like_prefix(absolute) + "%")).fetchall()
+            if not rows and glob.has_magic(path):
+                rows = _glob_rows(index, absolute)
             if not rows:
                 unmatched.append(path)
             ids += [r[0] for r in rows]
@@ -365,3 +400,26 @@ def remove_from_index(index_dir: str | os.PathLike, paths: Iterable[str]) -> tup
 def _like_prefix(directory: str) -> str:
     escaped = directory.rstrip(os.sep).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return escaped + os.sep
+
+
+def _glob_rows(index: GalleryIndex, pattern: str) -> list[tuple[int]]:
+    """Ids of the items whose path matches the absolute glob `pattern` (or lies under a folder it matches),
+    with `glob.glob(recursive=True)`'s rules: `*`, `?`, `[...]` within one name, `**` across folders, and
+    hidden names matched only by patterns that start with a dot."""
+    parts = pattern.split(os.sep)
+    fixed = next((i for i, part in enumerate(parts) if glob.has_magic(part)), len(parts))
+    base = os.sep.join(parts[:fixed])
+    rows = index.db.execute("SELECT id, path FROM items WHERE path LIKE ? ESCAPE '\\'",
+                            (_like_prefix(base) + "%",)).fetchall()
+    return [(id_,) for id_, path in rows if _glob_match(parts[fixed:], path.split(os.sep)[fixed:])]
+
+
+def _glob_match(pattern: Sequence[str], names: Sequence[str]) -> bool:
+    if not pattern:
+        return True  # the pattern named this path or a folder above it
+    head, rest = pattern[0], pattern[1:]
+    if head == "**":
+        return any(_glob_match(rest, names[i:]) for i in range(len(names) + 1)
+                   if not any(n.startswith(".") for n in names[:i]))
+    return (bool(names) and (head.startswith(".") or not names[0].startswith("."))
+            and fnmatch.fnmatchcase(names[0], head) and _glob_match(rest, names[1:]))

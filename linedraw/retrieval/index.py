@@ -8,7 +8,8 @@ Layout of an index directory::
     meta.sqlite     table `items`: id, source path, object name and box, image size, file size, mtime, sha256
 
 Every change is made on a copy in a temporary sibling directory and published by renaming, so a crash leaves
-either the old index or the new one, never a mix. Index kinds follow the Faiss guidelines
+either the old index or the new one, never a mix. One writer at a time: writers hold an flock on `.NAME.lock`
+beside the index (released by the kernel if the process dies); readers take no lock. Index kinds follow the Faiss guidelines
 (github.com/facebookresearch/faiss/wiki/Guidelines-to-choose-an-index): exact `flat` for small galleries,
 `hnsw` while the vectors fit the memory budget, `ivfpq` (compact codes, optionally on-disk lists) beyond.
 """
@@ -16,23 +17,29 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import glob
 import hashlib
 import json
 import math
 import os
 import re
+import secrets
 import shutil
 import sqlite3
-import tempfile
 import sys
+import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import faiss
 import numpy as np
+
+from linedraw.errors import BusyError, InvalidFileError, LinedrawError, MissingFileError, UsageError
+from linedraw.images import _umask, display_path, write_text_atomic
 
 FORMAT_VERSION = 1
 KINDS = ("flat", "hnsw", "ivfpq")
@@ -67,7 +74,7 @@ def parse_size(text: str) -> int:
     """'512M', '16G', '1.5GB', '2e9' -> bytes (powers of 1024 for K/M/G/T)."""
     match = re.fullmatch(r"\s*([0-9.eE+]+)\s*([KMGT]?)i?B?\s*", text, flags=re.IGNORECASE)
     if not match:
-        raise ValueError(f"cannot read a memory size from {text!r} (examples: 512M, 16G)")
+        raise UsageError(f"memory: cannot read a memory size from {text!r} (examples: 512M, 16G)")
     scale = 1024 ** " KMGT".index(match.group(2).upper() or " ")
     return int(float(match.group(1)) * scale)
 
@@ -137,7 +144,7 @@ def plan_index(kind: str, count: int, dim: int, memory: int, on_disk: bool | Non
     if kind == "hnsw":
         return IndexPlan("hnsw", f"IDMap2,HNSW{HNSW_M}", ef_search=64)
     if kind != "ivfpq":
-        raise ValueError(f"unknown index kind {kind!r}; choose auto, {', '.join(KINDS)}")
+        raise UsageError(f"kind: unknown index kind {kind!r}; choose auto, {', '.join(KINDS)}")
     nlist = _ivf_lists(count)
     m = _pq_bytes(dim)
     # 8-bit codes want >= 39 * 256 training points; small galleries get fewer centroids per sub-quantizer.
@@ -233,6 +240,12 @@ CREATE TABLE IF NOT EXISTS items (
 CREATE INDEX IF NOT EXISTS items_path ON items(path);
 """
 
+#: What an index folder may hold; `index build -o` replaces a folder only if it holds nothing else.
+INDEX_FILES = frozenset({MANIFEST, FAISS_FILE, LISTS_FILE, DB_FILE, DB_FILE + "-journal"})
+#: How long `GalleryIndex.open` retries while a writer swaps the folder (only the two-rename fallback of
+#: `publish`, where the kernel cannot exchange folders atomically, leaves a moment without one).
+OPEN_RETRY_SECONDS = 10.0
+
 
 def _row_to_item(row: Sequence) -> Item:
     id_, path, obj, x0, y0, x1, y1, width, height, size, mtime, sha = row
@@ -240,56 +253,192 @@ def _row_to_item(row: Sequence) -> Item:
     return Item(path, size, mtime, sha, width, height, obj, box, id_)
 
 
+def _read_bytes(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
+
+
+def _faiss_reason(exc: BaseException) -> str:
+    """Faiss's exception text without its C++ function signature and source location."""
+    return re.sub(r"^Error in .* at \S+:\d+: (Error: )?", "", str(exc).strip())
+
+
+def read_manifest(directory: str | os.PathLike) -> dict:
+    """The manifest of the index folder `directory`; a missing folder or manifest, or one that is not a
+    linedraw index manifest, raises a LinedrawError naming it."""
+    directory = Path(directory)
+    path = directory / MANIFEST
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        if not directory.exists():
+            raise MissingFileError(f"{display_path(directory)}: no such index folder") from None
+        if not directory.is_dir():
+            raise InvalidFileError(f"{display_path(directory)}: not a folder, so not a linedraw index") from None
+        raise MissingFileError(f"{display_path(directory)}: not a linedraw index (no {MANIFEST})") from None
+    except OSError as exc:
+        raise InvalidFileError(f"{display_path(path)}: cannot read it ({exc.strerror or exc})") from None
+    try:
+        manifest = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8 text"
+        raise InvalidFileError(f"{display_path(path)}: not valid JSON ({reason}); the file is truncated or "
+                               "corrupt, rebuild the index") from None
+    if not isinstance(manifest, dict) or "format" not in manifest or "kind" not in manifest:
+        raise InvalidFileError(f"{display_path(path)}: not a linedraw index manifest")
+    if manifest["format"] != FORMAT_VERSION:
+        raise InvalidFileError(f"{display_path(path)}: index format {manifest['format']} is not {FORMAT_VERSION}; "
+                               "rebuild the index with this version of linedraw")
+    return manifest
+
+
+def _checked_file(directory: Path, manifest: dict, name: str, shown: Path) -> Path:
+    """`directory/name`, after checking that it exists and has the size the manifest recorded."""
+    path = directory / name
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise MissingFileError(f"{display_path(shown / name)}: missing from the index; rebuild it") from None
+    expected = manifest.get("sizes", {}).get(name)
+    if expected is not None and size != expected:
+        raise InvalidFileError(f"{display_path(shown / name)}: {size} bytes where the manifest records {expected}: "
+                               "the file is truncated or was replaced; rebuild the index")
+    return path
+
+
+def _connect(path: Path, writable: bool) -> sqlite3.Connection:
+    if writable:
+        return sqlite3.connect(path)
+    return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+
+
+def _load(directory: Path, writable: bool, shown: Path | None = None):
+    """Read and check an index folder: (manifest, Faiss index, SQLite connection). Every problem with a file
+    raises a LinedrawError naming it as `shown/NAME` (the published path when `directory` is a work copy)."""
+    shown = shown or directory
+    manifest = read_manifest(directory)
+    faiss_path = _checked_file(directory, manifest, FAISS_FILE, shown)
+    if manifest.get("on_disk"):
+        _checked_file(directory, manifest, LISTS_FILE, shown)
+    db_path = _checked_file(directory, manifest, DB_FILE, shown)
+    try:
+        with stdout_to_stderr():
+            index = faiss.read_index(str(faiss_path), faiss.IO_FLAG_ONDISK_SAME_DIR)
+    except RuntimeError as exc:
+        raise InvalidFileError(f"{display_path(shown / FAISS_FILE)}: Faiss cannot read it ({_faiss_reason(exc)}); "
+                               "the file is truncated or corrupt, rebuild the index") from None
+    count, dim = manifest.get("count", index.ntotal), manifest.get("dim", index.d)
+    if (index.ntotal, index.d) != (count, dim):
+        raise InvalidFileError(f"{display_path(shown / FAISS_FILE)}: {index.ntotal} vectors of dimension {index.d}, "
+                               f"the manifest says {count} of {dim}; rebuild the index")
+    db = None
+    try:
+        db = _connect(db_path, writable)
+        pages = db.execute("PRAGMA page_count").fetchone()[0] * db.execute("PRAGMA page_size").fetchone()[0]
+        if pages > db_path.stat().st_size:
+            raise sqlite3.DatabaseError("the file is shorter than its header says")
+        db.execute("SELECT max(id) FROM items").fetchone()
+    except sqlite3.Error as exc:
+        if db is not None:
+            db.close()
+        raise InvalidFileError(f"{display_path(shown / DB_FILE)}: SQLite cannot read it ({exc}); the file is "
+                               "truncated or corrupt, rebuild the index") from None
+    configure_search(index, manifest.get("nprobe", 0), manifest.get("ef_search", 0))
+    return manifest, index, db
+
+
 class GalleryIndex:
     """An open index directory. Read-only from `open`; `edit`/`create` give a writable copy that `commit`
-    publishes atomically."""
+    publishes atomically. Writers hold the index's lock (`writer_lock`) from `edit`/`create` to
+    `commit`/`discard`; readers take none."""
 
     def __init__(self, directory: Path, manifest: dict, index: faiss.Index, db: sqlite3.Connection,
-                 target: Path | None = None) -> None:
+                 target: Path | None = None, lock: contextlib.ExitStack | None = None) -> None:
         self.directory, self.manifest, self.index, self.db, self._target = directory, manifest, index, db, target
+        self._lock = lock
 
     # -- opening
     @classmethod
     def open(cls, directory: str | os.PathLike) -> "GalleryIndex":
-        """Open a published index for searching."""
+        """Open a published index for searching; a missing, truncated or corrupt file raises a LinedrawError
+        naming it. Needs no lock: a folder swapped in by a writer during the read is read again."""
         directory = Path(directory)
-        recover(directory)
-        manifest_path = directory / MANIFEST
-        if not manifest_path.is_file():
-            raise FileNotFoundError(f"{directory}: not a linedraw index (no {MANIFEST})")
-        manifest = json.loads(manifest_path.read_text())
-        if manifest.get("format") != FORMAT_VERSION:
-            raise ValueError(f"{directory}: index format {manifest.get('format')} is not {FORMAT_VERSION}")
-        with stdout_to_stderr():
-            index = faiss.read_index(str(directory / FAISS_FILE), faiss.IO_FLAG_ONDISK_SAME_DIR)
-        configure_search(index, manifest.get("nprobe", 0), manifest.get("ef_search", 0))
-        db = sqlite3.connect(directory / DB_FILE)
-        return cls(directory, manifest, index, db)
+        deadline = time.monotonic() + OPEN_RETRY_SECONDS
+        while True:
+            before = _read_bytes(directory / MANIFEST)
+            try:
+                return cls._open_once(directory, before)
+            except _Swapped:
+                if time.monotonic() > deadline:
+                    raise BusyError(f"{display_path(directory)}: the index kept changing while it was read; "
+                                    "try again") from None
+            except LinedrawError:
+                if before is not None or time.monotonic() > deadline or not _publish_interrupted(directory):
+                    raise
+                with contextlib.suppress(BusyError):  # a writer crashed mid-publish: put its old index back
+                    recover(directory)
+            time.sleep(0.02)
 
     @classmethod
-    def create(cls, directory: str | os.PathLike, manifest: dict, index: faiss.Index) -> "GalleryIndex":
-        """A new, empty index (`index` already trained) written in a temporary sibling of `directory`."""
+    def _open_once(cls, directory: Path, before: bytes | None) -> "GalleryIndex":
+        try:
+            loaded = _load(directory, writable=False)
+        except LinedrawError:
+            if before is not None and _read_bytes(directory / MANIFEST) != before:
+                raise _Swapped() from None
+            raise
+        if _read_bytes(directory / MANIFEST) != before:
+            loaded[2].close()
+            raise _Swapped()
+        return cls(directory, *loaded)
+
+    @classmethod
+    def create(cls, directory: str | os.PathLike, manifest: dict, index: faiss.Index,
+               wait: float = 0.0) -> "GalleryIndex":
+        """A new, empty index (`index` already trained) written in a temporary sibling of `directory`. Refuses
+        a `directory` that exists and is not an index (see `check_output`); waits up to `wait` seconds for
+        another writer of `directory`."""
         target = Path(directory)
-        work = _temp_sibling(target, "tmp")
+        check_output(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        lock = contextlib.ExitStack()
+        try:
+            lock.enter_context(writer_lock(target, wait))
+            recover(target)
+            check_output(target)
+            work = _temp_sibling(target, "tmp")
+        except BaseException:
+            lock.close()
+            raise
         db = sqlite3.connect(work / DB_FILE)
         db.executescript(_SCHEMA)
         manifest = {"format": FORMAT_VERSION, "count": 0, **manifest}
         manifest["training_fingerprint"] = training_fingerprint(index)
-        return cls(work, manifest, index, db, target)
+        return cls(work, manifest, index, db, target, lock)
 
     @classmethod
-    def edit(cls, directory: str | os.PathLike) -> "GalleryIndex":
-        """A writable copy of the published index `directory`; `commit()` replaces the original."""
+    def edit(cls, directory: str | os.PathLike, wait: float = 0.0) -> "GalleryIndex":
+        """A writable copy of the published index `directory`; `commit()` replaces the original. Waits up to
+        `wait` seconds for another writer to finish (BusyError after that)."""
         target = Path(directory)
-        recover(target)
-        if not (target / MANIFEST).is_file():
-            raise FileNotFoundError(f"{target}: not a linedraw index (no {MANIFEST})")
-        work = _temp_sibling(target, "tmp")
-        for name in os.listdir(target):
-            shutil.copy2(target / name, work / name)
-        opened = cls.open(work)
-        opened._target = target
-        return opened
+        lock = contextlib.ExitStack()
+        work = None
+        try:
+            lock.enter_context(writer_lock(target, wait, existing=True))
+            recover(target)
+            read_manifest(target)
+            work = _temp_sibling(target, "tmp")
+            for name in os.listdir(target):
+                shutil.copy2(target / name, work / name)
+            manifest, index, db = _load(work, writable=True, shown=target)
+        except BaseException:
+            if work is not None:
+                shutil.rmtree(work, ignore_errors=True)
+            lock.close()
+            raise
+        return cls(work, manifest, index, db, target, lock)
 
     # -- reading
     @property
@@ -298,8 +447,10 @@ class GalleryIndex:
 
     def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-`k` (scores, ids) per query row; ids of -1 mark missing results."""
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise UsageError(f"k must be a positive whole number of results, got {k!r}")
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        k = max(1, min(k, self.count))
+        k = max(1, min(int(k), self.count))
         return self.index.search(vectors, k)
 
     def items(self, ids: Sequence[int]) -> list[Item | None]:
@@ -370,28 +521,42 @@ class GalleryIndex:
         return removed
 
     def commit(self) -> None:
-        """Write everything and atomically replace the published index with this copy."""
+        """Write everything, atomically replace the published index with this copy and release the lock."""
         self._writable()
-        self.manifest["count"] = self.count
-        self.manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-        self.db.commit()
-        self.db.close()
-        with stdout_to_stderr():
-            if self.manifest.get("on_disk") and not _has_disk_lists(self.index):
-                self.index = _move_lists_to_disk(self.index, self.directory / LISTS_FILE)
-            faiss.write_index(self.index, str(self.directory / FAISS_FILE))
-        _write_json(self.directory / MANIFEST, self.manifest)
-        _fsync_dir(self.directory)
-        publish(self.directory, self._target)
+        try:
+            self.manifest["count"] = self.count
+            self.manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+            self.manifest["revision"] = secrets.token_hex(8)  # readers compare manifests to notice a swap
+            self.db.commit()
+            self.db.close()
+            with stdout_to_stderr():
+                if self.manifest.get("on_disk") and not _has_disk_lists(self.index):
+                    self.index = _move_lists_to_disk(self.index, self.directory / LISTS_FILE)
+                faiss.write_index(self.index, str(self.directory / FAISS_FILE))
+            names = [FAISS_FILE, DB_FILE] + ([LISTS_FILE] if self.manifest.get("on_disk") else [])
+            self.manifest["sizes"] = {name: (self.directory / name).stat().st_size for name in names}
+            write_text_atomic(self.directory / MANIFEST, json.dumps(self.manifest, indent=2, sort_keys=True))
+            _fsync_dir(self.directory)
+            publish(self.directory, self._target)
+        except BaseException:
+            self.discard()
+            raise
         self.directory, self._target = self._target, None
-        self.db = sqlite3.connect(self.directory / DB_FILE)
+        self._release()
+        self.db = _connect(self.directory / DB_FILE, writable=False)
 
     def discard(self) -> None:
-        """Drop an uncommitted copy."""
+        """Drop an uncommitted copy and release the lock."""
         if self._target is not None:
             self.db.close()
             shutil.rmtree(self.directory, ignore_errors=True)
             self._target = None
+            self._release()
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     def close(self) -> None:
         self.db.close()
@@ -405,6 +570,10 @@ class GalleryIndex:
         elif self._target is not None:
             self.commit()
         self.close()
+
+
+class _Swapped(Exception):
+    """A writer published a new version of the folder while `open` was reading it."""
 
 
 def _has_disk_lists(index: faiss.Index) -> bool:
@@ -432,17 +601,91 @@ def merge_ivf_lists(empty: faiss.Index, lists: Sequence, path: Path) -> faiss.In
     return empty
 
 
-# ----------------------------------------------------------------------------------------------- atomic files
+# ----------------------------------------------------------------------------------------------- one writer
 
 
-def _write_json(path: Path, data: dict) -> None:
-    """Atomic JSON write: temp file in the same directory, fsync, os.replace."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle, indent=2, sort_keys=True)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+def _lock_path(target: Path) -> Path:
+    return target.parent / f".{target.name}.lock"
+
+
+#: Locks this process holds: (lock file, pid, thread) -> depth, so a writer's nested steps share its lock.
+_HELD: dict[tuple[str, int, int], int] = {}
+
+
+@contextlib.contextmanager
+def writer_lock(directory: str | os.PathLike, wait: float = 0.0, existing: bool = False) -> Iterator[None]:
+    """Hold the exclusive writer lock of the index `directory` (an flock on `.NAME.lock` beside it, which the
+    kernel releases when the process dies). Waits up to `wait` seconds for another writer, then raises
+    BusyError; nested use in one thread shares the lock. `existing`: the index must exist (MissingFileError,
+    and no lock file is created, when it does not)."""
+    if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not wait >= 0:
+        raise UsageError(f"wait must be a number of seconds >= 0, got {wait!r}")
+    target = Path(directory)
+    if existing and not target.exists() and not _publish_interrupted(target):
+        read_manifest(target)  # raises the missing-folder error
+    path = _lock_path(target)
+    key = (os.path.abspath(path), os.getpid(), threading.get_ident())
+    if key in _HELD:
+        _HELD[key] += 1
+        try:
+            yield
+        finally:
+            _HELD[key] -= 1
+        return
+    fd = _acquire(path, target, wait)
+    _HELD[key] = 1
+    try:
+        yield
+    finally:
+        del _HELD[key]
+        with contextlib.suppress(OSError):  # Windows cannot remove an open file: it is then reused
+            os.unlink(path)  # before unlocking: a waiting writer then finds its file gone and opens a new one
+        os.close(fd)
+
+
+def _try_lock(fd: int) -> bool:
+    """Take an exclusive lock on the open file `fd` without blocking; False if another process holds it."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: a byte-range lock, also released when the process dies
+        import msvcrt
+
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _acquire(path: Path, target: Path, wait: float) -> int:
+    deadline = time.monotonic() + wait
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        if not _try_lock(fd):
+            os.close(fd)
+            if time.monotonic() >= deadline:
+                waited = f"still held after waiting {wait:g} s; " if wait else ""
+                raise BusyError(f"{display_path(target)}: another writer holds this index ({display_path(path)}); "
+                                f"{waited}try again when it has finished, or give `wait` the seconds to wait "
+                                "for it") from None
+            time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+            continue
+        try:
+            current = os.stat(path)
+        except FileNotFoundError:
+            current = None
+        mine = os.fstat(fd)
+        if current is not None and (current.st_dev, current.st_ino) == (mine.st_dev, mine.st_ino):
+            return fd
+        os.close(fd)  # the previous holder removed this file as it released it: lock the new one
+
+
+# ----------------------------------------------------------------------------------------------- publishing
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -452,13 +695,42 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def _temp_sibling(target: Path, tag: str) -> Path:
+    """A new, uniquely named folder beside `target` with the user's usual permissions (mkdtemp's are 0700)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.{tag}-"))
+    work = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.{tag}-"))
+    os.chmod(work, 0o777 & ~_umask())
+    return work
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Swap two paths in one atomic step (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    renameat2 = getattr(_libc(), "renameat2", None)
+    if renameat2 is None:
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(first), at_fdcwd, os.fsencode(second), rename_exchange) == 0:
+        return True
+    error = ctypes.get_errno()
+    if error in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):  # a file system or kernel without exchange
+        return False
+    raise OSError(error, os.strerror(error), os.fspath(second))
+
+
+def _libc():
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
 
 
 def publish(work: Path, target: Path) -> None:
-    """Replace directory `target` by `work`: target -> .old, work -> target, drop .old. A crash between the
-    two renames is undone by `recover` (the previous index comes back)."""
+    """Replace directory `target` by `work`. Where the kernel can, the two are swapped atomically (readers see
+    the old folder or the new one, never none) and the old one is removed; elsewhere target -> .old,
+    work -> target, drop .old, and a crash between the two renames is undone by `recover`."""
+    if target.exists() and _exchange(work, target):
+        shutil.rmtree(work, ignore_errors=True)
+        return
     old = None
     if target.exists():
         old = _temp_sibling(target, "old")
@@ -469,57 +741,100 @@ def publish(work: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _publish_interrupted(target: Path) -> bool:
+    return not target.exists() and bool(glob.glob(glob.escape(str(target.parent / f".{target.name}.old-")) + "*"))
+
+
 def recover(target: Path) -> None:
-    """After a crash mid-publish `target` may be missing while its previous version sits in `.NAME.old-*`:
-    put it back. (Unpublished `.NAME.tmp-*` copies of a crashed writer are never read; delete them at will.)"""
-    if target.exists():
-        for old in glob.glob(str(target.parent / f".{target.name}.old-*")):
-            shutil.rmtree(old, ignore_errors=True)
+    """Under the writer lock: after a crash mid-publish `target` may be missing while its previous version sits
+    in `.NAME.old-*`: put it back; then drop what crashed writers left (`.NAME.old-*`, `.NAME.tmp-*`)."""
+    target = Path(target)
+    prefix = glob.escape(str(target.parent / f".{target.name}."))
+    with writer_lock(target):
+        olds = sorted(glob.glob(prefix + "old-*"), key=os.path.getmtime)
+        if not target.exists() and olds:
+            os.rename(olds.pop(), target)
+        for left in olds + glob.glob(prefix + "tmp-*"):
+            shutil.rmtree(left, ignore_errors=True)
+
+
+def check_output(target: str | os.PathLike, inputs: Iterable[str | os.PathLike] = ()) -> None:
+    """Refuse to write an index where it would destroy something: over an existing folder that is neither
+    empty nor an index (only index files and a linedraw manifest), over a file, or inside (or over) one of
+    the folders in `inputs`."""
+    target = Path(target)
+    where = os.path.realpath(target)
+    for folder in inputs:
+        folder_path = os.path.realpath(folder)
+        if os.path.isdir(folder_path) and (where == folder_path or where.startswith(folder_path.rstrip(os.sep)
+                                                                                   + os.sep)):
+            raise UsageError(f"{display_path(target)}: refusing to write an index inside the input folder "
+                             f"{display_path(folder)} (or over it); choose an output outside the photos")
+    if not os.path.lexists(target):
         return
-    olds = sorted(glob.glob(str(target.parent / f".{target.name}.old-*")), key=os.path.getmtime)
-    if olds:
-        os.rename(olds[-1], target)
+    if not target.is_dir():
+        raise UsageError(f"{display_path(target)}: exists and is not a folder; refusing to replace it with an index")
+    names = sorted(os.listdir(target))
+    if not names:
+        return
+    reason = f"no {MANIFEST}"
+    if MANIFEST in names:
+        try:
+            read_manifest(target)
+            strays = [n for n in names if n not in INDEX_FILES]
+            reason = f"it also holds {strays[0]!r}" if strays else ""
+        except LinedrawError as exc:
+            reason = str(exc).split(": ", 1)[-1]
+    if reason:
+        raise UsageError(f"{display_path(target)}: exists and is not a linedraw index ({reason}); refusing to "
+                         "replace it: choose another output, or remove the folder yourself")
 
 
 # ----------------------------------------------------------------------------------------------- merge
 
 
-def merge_indexes(output: str | os.PathLike, shards: Sequence[str | os.PathLike]) -> GalleryIndex:
+def merge_indexes(output: str | os.PathLike, shards: Sequence[str | os.PathLike],
+                  wait: float = 0.0) -> GalleryIndex:
     """Merge shard indexes built with the same embedder, checkpoint and (for IVF-PQ) trained quantizer
     (`index build --like`) into `output`. Item ids must be distinct (shards number from `shard << 40`).
     IVF-PQ lists are merged into one on-disk file without loading the codes into memory."""
-    opened = [GalleryIndex.open(s) for s in shards]
-    if not opened:
-        raise ValueError("no shard indexes to merge")
-    first = opened[0].manifest
-    for shard in opened[1:]:
-        for key in ("embedder", "checkpoint", "dim", "kind", "objects", "training_fingerprint"):
-            if shard.manifest.get(key) != first.get(key):
-                raise ValueError(f"{shard.directory}: {key} {shard.manifest.get(key)!r} differs from "
-                                 f"{opened[0].directory}'s {first.get(key)!r}; shards must be built alike "
-                                 "(for IVF-PQ: `index build --like TRAINED`)")
-    manifest = {k: v for k, v in first.items() if k not in ("count", "next_id", "shard", "updated", "format")}
-    merged = GalleryIndex.create(output, manifest, empty_clone(opened[0].index))
+    if not shards:
+        raise UsageError("shards: no shard indexes to merge")
+    check_output(output, shards)
+    opened: list[GalleryIndex] = []
     try:
-        for shard in opened:
-            merged.db.executemany("INSERT INTO items VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                                  shard.db.execute("SELECT * FROM items"))
-        if first["kind"] == "ivfpq":
-            merged.index = merge_ivf_lists(merged.index, [faiss.extract_index_ivf(s.index).invlists
-                                                          for s in opened], merged.directory / LISTS_FILE)
-            merged.manifest["on_disk"] = True
-        else:
+        for shard in shards:
+            opened.append(GalleryIndex.open(shard))
+        first = opened[0].manifest
+        for shard in opened[1:]:
+            for key in ("embedder", "checkpoint", "dim", "kind", "objects", "training_fingerprint"):
+                if shard.manifest.get(key) != first.get(key):
+                    raise UsageError(f"{display_path(shard.directory)}: {key} {shard.manifest.get(key)!r} differs "
+                                     f"from {display_path(opened[0].directory)}'s {first.get(key)!r}; shards must "
+                                     "be built alike (for IVF-PQ: `index build --like TRAINED`)")
+        manifest = {k: v for k, v in first.items()
+                    if k not in ("count", "next_id", "shard", "updated", "format", "revision", "sizes")}
+        merged = GalleryIndex.create(output, manifest, empty_clone(opened[0].index), wait=wait)
+        try:
             for shard in opened:
-                ids = faiss.vector_to_array(shard.index.id_map)
-                merged.index.add_with_ids(shard.index.index.reconstruct_n(0, shard.count), ids)
-        merged.manifest["next_id"] = max(int(s.manifest.get("next_id", 0)) for s in opened)
-        merged.commit()
-    except sqlite3.IntegrityError as exc:
-        merged.discard()
-        raise ValueError(f"shards share item ids ({exc}); build each with a distinct --shard") from None
-    except BaseException:
-        merged.discard()
-        raise
+                merged.db.executemany("INSERT INTO items VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                                      shard.db.execute("SELECT * FROM items"))
+            if first["kind"] == "ivfpq":
+                merged.index = merge_ivf_lists(merged.index, [faiss.extract_index_ivf(s.index).invlists
+                                                              for s in opened], merged.directory / LISTS_FILE)
+                merged.manifest["on_disk"] = True
+            else:
+                for shard in opened:
+                    ids = faiss.vector_to_array(shard.index.id_map)
+                    merged.index.add_with_ids(shard.index.index.reconstruct_n(0, shard.count), ids)
+            merged.manifest["next_id"] = max(int(s.manifest.get("next_id", 0)) for s in opened)
+            merged.commit()
+        except sqlite3.IntegrityError as exc:
+            merged.discard()
+            raise UsageError(f"shards share item ids ({exc}); build each with a distinct shard number") from None
+        except BaseException:
+            merged.discard()
+            raise
     finally:
         for shard in opened:
             shard.close()
@@ -535,5 +850,6 @@ def manifest_summary(manifest: dict) -> dict:
 
 __all__ = [
     "Item", "IndexPlan", "GalleryIndex", "KINDS", "parse_size", "choose_kind", "plan_index",
-    "create_faiss_index", "configure_search", "merge_indexes", "publish", "recover",
+    "create_faiss_index", "configure_search", "merge_indexes", "publish", "recover", "writer_lock",
+    "check_output", "read_manifest",
 ]

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from linedraw.errors import InvalidFileError, MissingFileError
 from linedraw.images import ImageError, open_image
 
 MODES = ("boxes", "masks")
@@ -43,7 +44,7 @@ class ObjectSource:
             if names.is_file():
                 self._classes = names.read_text().splitlines()
         else:
-            raise FileNotFoundError(f"{self.path}: no such boxes JSON or masks folder")
+            raise MissingFileError(f"{self.path}: no such boxes JSON or masks folder")
 
     @property
     def has_masks(self) -> bool:
@@ -60,7 +61,7 @@ class ObjectSource:
                 name = f"{categories.get(ann.get('category_id'), 'object')}-{ann.get('id', len(boxes))}"
                 boxes.setdefault(files[ann["image_id"]], []).append((name, tuple(ann["bbox"])))
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ValueError(f"{path}: not a COCO-style boxes file ({type(exc).__name__}: {exc})") from None
+            raise InvalidFileError(f"{path}: not a COCO-style boxes file ({type(exc).__name__}: {exc})") from None
         return boxes
 
     def objects(self, photo: Path, size: tuple[int, int]) -> list[PhotoObject]:
