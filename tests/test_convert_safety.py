@@ -264,6 +264,20 @@ def test_unwritable_errors_file_is_refused_before_converting(tmp_path, checkpoin
     assert not (tmp_path / "out").exists()  # nothing was converted first
 
 
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_errors_folder_is_refused_up_front(tmp_path):
+    from linedraw.images import check_writable
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        with pytest.raises(LinedrawError, match="not writable"):
+            check_writable(locked / "sub" / "errors.csv")
+    finally:
+        locked.chmod(0o755)
+
+
 def test_export_refuses_an_unwritable_output_before_exporting(tmp_path, checkpoint, capsys):
     (tmp_path / "plain_file").write_text("")
     assert main(["export", "-o", str(tmp_path / "plain_file" / "g.onnx"), "--checkpoint", str(checkpoint)]) == 2

@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     converter = Converter(
         model, config, device=device, half=args.half, batch_size=args.batch_size, invert=args.invert,
         threshold=args.threshold, line_weight=args.line_weight, output_size=args.output_size,
-        refuse_above_pixels=args.refuse_above_pixels or DEFAULT_MAX_PIXELS,
+        refuse_above_pixels=DEFAULT_MAX_PIXELS if args.refuse_above_pixels is None else args.refuse_above_pixels,
         channels_last={"auto": None, "on": True, "off": False}[args.channels_last], backend=args.backend,
         **{k: v for k, v in options.items() if v is not None},
     )
