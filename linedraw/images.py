@@ -279,18 +279,17 @@ def remove_stale_temp_files(directory: PathLike, min_age: float = STALE_TEMP_AGE
 def check_writable(path: PathLike) -> None:
     """Raise `LinedrawError` naming `path` unless a file can be written there (checked by writing a probe).
 
-    Call it before long work whose result goes to `path`, so a typo fails at once rather than at the end. The
-    nearest existing folder above `path` must be a writable directory (missing folders below it are created
-    by `write_atomic` later); `path` itself must not be a directory.
+    Call it before long work whose result goes to `path`, so a typo fails at once rather than at the end: the
+    folder `path` goes in must exist (a missing one is more likely a typo than a wish) and be writable, and
+    `path` itself must not be a directory.
     """
     path_str = os.fspath(path)
     if os.path.isdir(path_str):
         raise LinedrawError(f"cannot write {display_path(path_str)}: it is a directory")
     parent = os.path.dirname(os.path.abspath(path_str))
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
     if not os.path.isdir(parent):
-        raise LinedrawError(f"cannot write {display_path(path_str)}: {display_path(parent)} is not a directory")
+        problem = "is not a directory" if os.path.exists(parent) else "does not exist"
+        raise LinedrawError(f"cannot write {display_path(path_str)}: the folder {display_path(parent)} {problem}")
     try:
         fd, probe = tempfile.mkstemp(dir=parent, prefix=_temp_prefix(path_str), suffix=".tmp")
     except OSError as exc:

@@ -256,12 +256,13 @@ def test_unavailable_devices_are_one_clear_line(tmp_path, checkpoint, capsys):
 def test_unwritable_errors_file_is_refused_before_converting(tmp_path, checkpoint, capsys):
     _photo().save(tmp_path / "p.png")
     (tmp_path / "plain_file").write_text("")
-    errors = tmp_path / "plain_file" / "errors.csv"  # its parent is a file: it can never be written
-    assert _convert(tmp_path / "p.png", "-o", tmp_path / "out", "--checkpoint", checkpoint, "--size", 16,
-                    "--errors", errors) == 2
-    err = capsys.readouterr().err
-    assert "errors.csv" in err and "Traceback" not in err
-    assert not (tmp_path / "out").exists()  # nothing was converted first
+    for errors in (tmp_path / "plain_file" / "errors.csv",  # its parent is a file: it can never be written
+                   tmp_path / "no" / "such" / "errors.csv"):  # a missing folder: more likely a typo
+        assert _convert(tmp_path / "p.png", "-o", tmp_path / "out", "--checkpoint", checkpoint, "--size", 16,
+                        "--errors", errors) == 2
+        err = capsys.readouterr().err
+        assert "errors.csv" in err and "Traceback" not in err
+        assert not (tmp_path / "out").exists()  # nothing was converted first
 
 
 @pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root writes into read-only folders")
@@ -273,7 +274,7 @@ def test_read_only_errors_folder_is_refused_up_front(tmp_path):
     locked.chmod(0o555)
     try:
         with pytest.raises(LinedrawError, match="not writable"):
-            check_writable(locked / "sub" / "errors.csv")
+            check_writable(locked / "errors.csv")
     finally:
         locked.chmod(0o755)
 
