@@ -358,6 +358,8 @@ def test_export_defaults_to_onnx_and_commands_have_descriptions(capsys):
     parser = build_parser()
     args = parser.parse_args(["export", "-o", "g.onnx"])  # --onnx is no longer required
     assert args.output == "g.onnx"
+    assert parser.parse_args(["export", "--onnx", "-o", "g.onnx"]).output == "g.onnx"  # still accepted, a no-op
+    assert "--onnx is deprecated" in capsys.readouterr().err
     for command in ("export", "models"):
         with pytest.raises(SystemExit):
             parser.parse_args([command, "--help"])
