@@ -78,7 +78,11 @@
   canvas.addEventListener("pointerdown", (event) => {
     if (event.pointerType === "mouse" && event.button !== 0) return;
     event.preventDefault();
-    canvas.setPointerCapture(event.pointerId);
+    try {
+      canvas.setPointerCapture(event.pointerId);  // keep the stroke when the pointer leaves the canvas
+    } catch (error) {
+      // a pointer the browser no longer tracks: draw without capture
+    }
     // a pen's eraser end reports button 5 (buttons bit 32)
     const erase = tool === "eraser" || event.button === 5 || (event.buttons & 32) !== 0;
     const size = Number($("size").value) * (erase ? 3 : 1);
@@ -210,19 +214,25 @@
     if (!firstChange) firstChange = now;
     clearTimeout(timer);
     if (now - firstChange >= MAX_WAIT_MS) search();
-    else timer = setTimeout(search, DEBOUNCE_MS);
+    else { timer = setTimeout(search, DEBOUNCE_MS); markSettled(false); }
+  }
+
+  // #results[data-settled="1"]: no search waiting or running, so the grid shows the current query
+  function markSettled(settled) {
+    $("results").dataset.settled = settled ? "1" : "0";
   }
 
   async function search() {
     clearTimeout(timer);
     firstChange = 0;
+    markSettled(false);
     if (inFlight) { pending = true; return; }
     inFlight = true;
     try {
       await runSearch();
     } finally {
       inFlight = false;
-      if (pending) { pending = false; search(); }
+      if (pending) { pending = false; search(); } else markSettled(true);
     }
   }
 
