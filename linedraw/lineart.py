@@ -5,12 +5,13 @@ functions take a drawing at the resolution the network ran at, find each stroke'
 again at the size the user wants with a pen of a fixed diameter, so a 400-px and a 4000-px photo get the same
 pen. Drawings are (H, W) float arrays in [0, 1], dark lines (near 0) on white (1), as everywhere in linedraw.
 
-- `thin(drawing, threshold, min_stroke)` -> bool skeleton: line pixels (darker than `threshold`) less the
-  non-maxima between strokes (non-maximum suppression across the stroke: pixels with a darker neighbour on both
-  sides along the direction of strongest curvature of the smoothed darkness, from its Hessian, i.e. the valley
-  where two strokes merged at the threshold), then thinned to their one-pixel centre lines (scikit-image's
-  skeletonize), which keeps stroke ends and junctions; strokes whose centre line has fewer than `min_stroke`
-  pixels are dropped.
+- `thin(drawing, threshold, min_stroke, weak_threshold)` -> bool skeleton: line pixels (darker than `threshold`,
+  plus the pixels darker than `weak_threshold` connected to them: hysteresis, as in Canny's edge detector, so a
+  stroke that fades to grey along its length stays whole) less the non-maxima between strokes (non-maximum
+  suppression across the stroke: pixels with a darker neighbour on both sides along the direction of strongest
+  curvature of the smoothed darkness, from its Hessian, i.e. the valley where two strokes merged at the
+  threshold), then thinned to their one-pixel centre lines (scikit-image's skeletonize), which keeps stroke ends
+  and junctions; strokes whose centre line has fewer than `min_stroke` pixels are dropped.
 - `render_strokes(skeleton, out_size, width_px, antialias)` -> drawing: the skeleton scaled to `out_size`
   (neighbouring pixels joined by segments, so upscaling leaves no gaps), drawn with a disc of diameter
   `width_px` output pixels (distance transform of the scaled centre line, anti-aliased over one pixel).
@@ -29,6 +30,8 @@ from PIL import Image
 
 from linedraw.errors import MissingDependencyError, UsageError
 
+#: Pixels lighter than the threshold but darker than this still belong to a stroke they touch (hysteresis).
+WEAK_THRESHOLD = 0.8
 #: Smoothing (in pixels at the processing resolution) of the darkness before its Hessian gives the direction
 #: across each stroke; one pixel steadies the direction without merging strokes two pixels apart.
 NMS_SIGMA = 1.0
@@ -43,17 +46,29 @@ MAX_HOLE_PIXELS = 8
 _JOIN_OFFSETS = ((0, 1), (1, 0), (1, 1), (1, -1))
 
 
-def thin(drawing: np.ndarray, threshold: float = 0.5, min_stroke: int = 0) -> np.ndarray:
+def thin(
+    drawing: np.ndarray, threshold: float = 0.5, min_stroke: int = 0, weak_threshold: float | None = WEAK_THRESHOLD
+) -> np.ndarray:
     """(H, W) drawing in [0, 1], dark on white -> (H, W) bool 1-px centre lines of its strokes.
 
-    Line pixels are those darker than `threshold`; see the module docstring. `min_stroke` > 0 drops connected
-    strokes whose centre line has fewer pixels than that (specks).
+    Line pixels are those darker than `threshold` and, connected to them, those darker than `weak_threshold`
+    (None: `threshold` alone); see the module docstring. `min_stroke` > 0 drops connected strokes whose centre
+    line has fewer pixels than that (specks).
     """
     drawing = as_drawing(drawing)
     _check_threshold(threshold)
     min_stroke = _check_min_stroke(min_stroke)
+    if weak_threshold is not None and not (
+        isinstance(weak_threshold, (int, float)) and threshold <= weak_threshold < 1.0
+    ):
+        raise UsageError(f"weak_threshold must be None or in [threshold, 1) = [{threshold}, 1), "
+                         f"got {weak_threshold!r}")
     ndimage, measure, morphology = _libs()
     lines = drawing < threshold
+    if weak_threshold is not None and weak_threshold > threshold and lines.any():
+        from skimage.filters import apply_hysteresis_threshold
+
+        lines = apply_hysteresis_threshold(1.0 - drawing, 1.0 - weak_threshold, 1.0 - threshold)
     if not lines.any():
         return lines
     strokes = _fill_holes(lines & ~_valleys(1.0 - drawing, ndimage), measure)
@@ -168,6 +183,7 @@ def finish(
     stroke_width: float | None = None,
     out_size: tuple[int, int] | None = None,
     threshold: float = 0.5,
+    weak_threshold: float | None = WEAK_THRESHOLD,
     antialias: bool = True,
 ) -> Image.Image:
     """The network's drawing (PIL, (H, W) or (1, H, W) array/tensor in [0, 1]) -> an "L" drawing of `out_size`.
@@ -175,7 +191,8 @@ def finish(
     Pass the drawing at the resolution the network ran at and the photo's size as `out_size` (W, H), so the pen
     does not change with the processing size. `stroke_width` (output px) redraws every centre line with that pen
     (it implies `thin`); `thin` alone gives 1-px lines at the output size; `min_stroke` drops strokes shorter
-    than that (px at the processing resolution); with none of them the drawing is only resized.
+    than that (px at the processing resolution); with none of them the drawing is only resized. `threshold` and
+    `weak_threshold` say which pixels are lines (see `thin`).
     """
     array = as_drawing(drawing)
     h, w = array.shape
@@ -185,7 +202,7 @@ def finish(
     ):
         raise UsageError(f"stroke_width must be a positive number of pixels, got {stroke_width!r}")
     if thin or stroke_width is not None:
-        skeleton = _thin(array, threshold=threshold, min_stroke=min_stroke)
+        skeleton = _thin(array, threshold, min_stroke, weak_threshold)
         width = 1.0 if stroke_width is None else float(stroke_width)
         array = render_strokes(skeleton, (out_w, out_h), width, antialias=antialias and stroke_width is not None)
         return _to_pil(array)
@@ -223,8 +240,8 @@ def as_drawing(drawing: Any) -> np.ndarray:
 def _valleys(darkness: np.ndarray, ndimage) -> np.ndarray:
     """Pixels that are not a maximum across the strokes around them but a minimum between two of them: on both
     sides along the direction of most positive curvature of the smoothed darkness (from its Hessian), a pixel one
-    or two steps away is darker by more than `NMS_MARGIN`. Removing them splits strokes that merged at the threshold; the sides of a
-    single stroke fall off monotonically, so no single stroke is cut."""
+    or two steps away is darker by more than `NMS_MARGIN`. Removing them splits strokes that merged at the
+    threshold; the sides of a single stroke fall off monotonically, so no single stroke is cut."""
     from skimage.feature import hessian_matrix
 
     smooth = ndimage.gaussian_filter(darkness.astype(np.float64), NMS_SIGMA, mode="nearest")

@@ -5,7 +5,8 @@ vector editors.
 processing resolution and writes one `<path>` per connected stroke: each branch between stroke ends and junctions
 is a polyline (skan walks the skeleton graph), scaled to `size` (the photo's), simplified to within `tolerance`
 output pixels (Ramer-Douglas-Peucker, scikit-image's `approximate_polygon`), inside one `<g>` that sets the pen
-(black stroke, round caps and joins, no fill; no filters). The `<svg>` has width, height and viewBox of `size`, so one SVG unit is one photo pixel.
+(black stroke, round caps and joins, no fill; no filters). The `<svg>` has width, height and viewBox of `size`,
+so one SVG unit is one photo pixel.
 
 skan and scikit-image come with the `svg` extra (`pip install 'linedraw[svg]'`).
 """

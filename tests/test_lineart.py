@@ -86,6 +86,18 @@ def test_merged_parallel_strokes_get_two_centre_lines_not_one_between_them():
     assert len(found) == 2 and abs(found[0] - 28) <= 1 and abs(found[1] - 33) <= 1, found
 
 
+def test_a_stroke_fading_to_grey_stays_whole_but_a_lone_grey_smudge_is_not_a_line():
+    drawing = _strokes((64, 96), [((32, 10), (32, 85))], width=4)
+    fade = np.clip(np.linspace(-0.2, 1.2, 96), 0, 0.7)[None, :]  # 0 at the left, 0.7 grey from column ~55
+    drawing = np.maximum(drawing, fade).astype(np.float32)
+    drawing[8:12, 30:60] = 0.7  # grey, touching no dark stroke
+    whole = lineart.thin(drawing)
+    cut = lineart.thin(drawing, weak_threshold=None)
+    assert np.nonzero(whole[25:40])[1].max() >= 83  # the stroke reaches its end
+    assert np.nonzero(cut[25:40])[1].max() <= 50  # the threshold alone stops where the grey starts
+    assert not whole[:20].any() and not cut[:20].any()
+
+
 def test_specks_shorter_than_min_stroke_are_dropped():
     drawing = _strokes((64, 96), [((40, 10), (40, 80))], width=3)
     for r, c in ((10, 10), (10, 50), (20, 85)):
@@ -181,6 +193,7 @@ def test_blank_drawing_gives_blank_output():
 @pytest.mark.parametrize("call, argument", [
     (lambda d: lineart.thin(d, threshold=1.5), "threshold"),
     (lambda d: lineart.thin(d, min_stroke=-1), "min_stroke"),
+    (lambda d: lineart.thin(d, threshold=0.6, weak_threshold=0.5), "weak_threshold"),
     (lambda d: lineart.finish(d, stroke_width=0), "stroke_width"),
     (lambda d: lineart.finish(d, thin=True, out_size=(0, 10)), "out_size"),
     (lambda d: lineart.render_strokes(d < 0.5, (10, 10), width_px=float("nan")), "width_px"),

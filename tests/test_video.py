@@ -56,7 +56,9 @@ def test_is_video_by_extension():
     assert not video.is_video("photo.png") and not video.is_video("anim.gif") and not video.is_video("noext")
 
 
-@pytest.mark.parametrize("suffix, fps", [(".mp4", Fraction(24)), (".mkv", Fraction(30000, 1001)), (".webm", Fraction(25))])
+@pytest.mark.parametrize("suffix, fps", [
+    (".mp4", Fraction(24)), (".mkv", Fraction(30000, 1001)), (".webm", Fraction(25)),
+])
 def test_round_trip_keeps_frame_count_rate_and_size(tmp_path, suffix, fps):
     src = _clip(tmp_path / "in.mp4", frames=10, fps=fps)
     summary = video.convert_video(_grey, src, tmp_path / f"out{suffix}", progress=False)
