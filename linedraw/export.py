@@ -21,8 +21,11 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, example_size: int = 2
     """Write `model` as an ONNX graph with dynamic batch/height/width; returns the path."""
     from torch.export import Dim
 
-    if example_size % SIZE_MULTIPLE:
-        raise ValueError(f"example size must be a multiple of {SIZE_MULTIPLE}, got {example_size}")
+    from linedraw.errors import UsageError
+
+    if example_size < 2 * SIZE_MULTIPLE or example_size % SIZE_MULTIPLE:
+        raise UsageError(f"example_size must be a multiple of {SIZE_MULTIPLE}, at least {2 * SIZE_MULTIPLE}, "
+                         f"got {example_size}")
     model = model.eval().float().to("cpu")
     example = torch.rand(1, 3, example_size, example_size)
     # Height and width are declared as 4 * k, which is what the generator accepts.

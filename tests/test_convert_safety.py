@@ -285,6 +285,13 @@ def test_export_refuses_an_unwritable_output_before_exporting(tmp_path, checkpoi
     assert "g.onnx" in capsys.readouterr().err
 
 
+def test_export_example_size_off_the_grid_is_one_line(tmp_path, checkpoint, capsys):
+    assert main(["export", "-o", str(tmp_path / "g.onnx"), "--checkpoint", str(checkpoint),
+                 "--example-size", "30"]) == 2
+    err = capsys.readouterr().err
+    assert "example_size" in err and "Traceback" not in err
+
+
 def test_ctrl_c_prints_the_summary_so_far_and_exits_130(tmp_path, checkpoint, monkeypatch, capsys):
     for i in range(3):
         _photo(seed=i).save(tmp_path / f"p{i}.png")
