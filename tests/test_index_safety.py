@@ -51,6 +51,15 @@ def test_build_refuses_a_folder_that_is_not_an_index(data, tmp_path, capsys):
     assert sorted(os.listdir(tmp_path)) == ["notes"]  # no work area or temporary copy left behind
 
 
+def test_build_never_clears_a_work_folder_it_did_not_make(data, tmp_path, capsys):
+    work = tmp_path / "index.work"  # the name of the resumable work area of `-o index`
+    work.mkdir()
+    (work / "mine.txt").write_text("keep me")
+    assert _build(data, tmp_path / "index") == 2
+    assert "not a linedraw work area" in _one_error_line(capsys.readouterr().err)
+    assert (work / "mine.txt").read_text() == "keep me" and not (tmp_path / "index").exists()
+
+
 def test_build_refuses_an_output_in_or_equal_to_a_photo_folder(data, tmp_path, capsys):
     gallery = _copy_gallery(data, tmp_path / "photos")
     before = _tree(gallery)
@@ -94,7 +103,12 @@ def _hold_lock(index: Path, ready) -> None:
         signal.pause()
 
 
-def test_concurrent_adds_all_land_and_readers_keep_reading(data, tmp_path):
+@pytest.mark.parametrize("swap", ["exchange", "two renames"])
+def test_concurrent_adds_all_land_and_readers_keep_reading(data, tmp_path, monkeypatch, swap):
+    if swap == "two renames":  # where the kernel cannot exchange two folders atomically
+        from linedraw.retrieval import index as index_module
+
+        monkeypatch.setattr(index_module, "_exchange", lambda first, second: False)
     index = tmp_path / "index"
     assert _build(data, index, gallery=str(data / "gallery" / "cat")) == 0
     photos = [tmp_path / "new" / f"p{i}.jpg" for i in range(6)]

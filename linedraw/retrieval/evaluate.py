@@ -65,7 +65,7 @@ def evaluate(index: GalleryIndex, queries: Queries, ks: Sequence[int] = DEFAULT_
     counts: dict[str, int] = {}
     for label in label_of.values():
         counts[label] = counts.get(label, 0) + 1
-    _, ids = index.search(queries.vectors, index.count)
+    _, ids = index.search(queries.vectors, max(1, index.count))  # an empty index still answers (with -1s)
     ranked_labels = np.array([[label_of.get(int(i), "") for i in row] for row in ids], dtype=object)
     results = category_metrics(ranked_labels, queries.labels, [counts.get(q, 0) for q in queries.labels],
                                ks, map_at)

@@ -301,7 +301,8 @@ def _checked_file(directory: Path, manifest: dict, name: str, shown: Path) -> Pa
         size = path.stat().st_size
     except FileNotFoundError:
         raise MissingFileError(f"{display_path(shown / name)}: missing from the index; rebuild it") from None
-    expected = manifest.get("sizes", {}).get(name)
+    sizes = manifest.get("sizes")
+    expected = sizes.get(name) if isinstance(sizes, dict) else None
     if expected is not None and size != expected:
         raise InvalidFileError(f"{display_path(shown / name)}: {size} bytes where the manifest records {expected}: "
                                "the file is truncated or was replaced; rebuild the index")
