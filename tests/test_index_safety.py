@@ -14,7 +14,7 @@ import pytest
 from linedraw.cli import main
 from linedraw.errors import BusyError, LinedrawError, UsageError
 from linedraw.retrieval.index import GalleryIndex, merge_indexes, writer_lock
-from tests.test_retrieval_cli import EMBEDDER, _build, _photo, _sketch, data  # noqa: F401  (data is a fixture)
+from tests.test_retrieval_cli import EMBEDDER, _build, _photo, data  # noqa: F401  (data is a fixture)
 
 ADD = ("--device", "cpu", "--no-progress")
 
