@@ -82,7 +82,9 @@ _thin = thin  # `finish` has an argument named `thin`
 
 
 def drop_short_strokes(skeleton: np.ndarray, min_stroke: int) -> np.ndarray:
-    """The skeleton without its 8-connected pieces of fewer than `min_stroke` pixels."""
+    """The skeleton without its 8-connected pieces of fewer than `min_stroke` pixels (a 1-px line's pixel count
+    is its length)."""
+    min_stroke = _check_min_stroke(min_stroke)
     _, measure, _ = _libs()
     labels, count = measure.label(skeleton, connectivity=2, return_num=True)
     if not count:
