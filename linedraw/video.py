@@ -84,6 +84,8 @@ def convert_video(
     muxer = OUTPUT_FORMATS.get(os.path.splitext(dst)[1].lower())
     if muxer is None:
         raise UsageError(f"dst {display_path(dst)!r} must end in one of {', '.join(sorted(OUTPUT_FORMATS))}")
+    if os.path.exists(src) and os.path.exists(dst) and os.path.samefile(src, dst):
+        raise UsageError(f"dst {display_path(dst)!r} is the source video; write the drawing to another file")
     av = _av()
     codec = _encoder(av, muxer)
     from tqdm.auto import tqdm

@@ -171,6 +171,14 @@ def test_a_failure_midway_leaves_no_output(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["in.mp4"]
 
 
+def test_writing_over_the_source_is_refused(tmp_path):
+    src = _clip(tmp_path / "in.mp4", frames=2)
+    before = src.read_bytes()
+    with pytest.raises(UsageError, match="dst"):
+        video.convert_video(_grey, src, tmp_path / "." / "in.mp4", progress=False)
+    assert src.read_bytes() == before
+
+
 def test_a_missing_file_names_it(tmp_path):
     with pytest.raises(MissingFileError, match="nope.mp4"):
         video.convert_video(_grey, tmp_path / "nope.mp4", tmp_path / "out.mp4", progress=False)
