@@ -14,6 +14,7 @@ become 512x512000), is refused with `PhotoSizeError`; options out of range raise
 from __future__ import annotations
 
 import math
+import os
 import sys
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -56,12 +57,12 @@ class PhotoSizeError(LinedrawError, ValueError):
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """The torch device `device` names, checked to exist here; "auto" picks CUDA, then Apple MPS, then CPU.
 
-    Raises `UsageError` naming the device for names torch does not know and for CUDA/MPS devices this
+    Under `accelerate launch` / torchrun, "auto" is this process's local GPU (LOCAL_RANK). Raises `UsageError` naming the device for names torch does not know and for CUDA/MPS devices this
     machine lacks (so `cuda:5` fails at once, not at the first forward pass).
     """
     if str(device) == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda")
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")

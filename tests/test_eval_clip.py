@@ -108,7 +108,7 @@ def test_cli_with_tiny_open_clip_reports_missing_partner(tiny_clip, tmp_path, ca
     out = tmp_path / "score.json"
     code = main(["eval", "clip-score", "--photos", str(tmp_path / "photos"), "--drawings", str(tmp_path / "drawings"),
                  "--model", "linedraw-test-tiny", "--pretrained", str(tiny_clip), "--device", "cpu",
-                 "--json", str(out), "--no-progress", "--template", "a sketch of a {}"])
+                 "--json", str(out), "--quiet", "--template", "a sketch of a {}"])
     assert code == 1  # a photo has no drawing: reported, and the exit code says so
     text = capsys.readouterr().out
     assert "1 photo(s) without a drawing" in text and "blue/1.jpg" in text
@@ -134,7 +134,7 @@ def test_cli_flat_folders_use_the_photo_top1(tiny_clip, tmp_path, capsys):
     labels.write_text("# my labels\ncat\ndog\n\ntree\n")
     code = main(["eval", "clip-score", "--photos", str(tmp_path / "photos"), "--drawings", str(tmp_path / "drawings"),
                  "--model", "linedraw-test-tiny", "--pretrained", str(tiny_clip), "--device", "cpu",
-                 "--labels", str(labels), "--json", "-", "--no-progress", "--template", "a photo of a {}"])
+                 "--labels", str(labels), "--json", "-", "--quiet", "--template", "a photo of a {}"])
     assert code == 0
     report = json.loads(capsys.readouterr().out)
     assert report["labels"] == 3 and report["reference_sources"] == {"folder": 0, "photo": 2}
@@ -156,7 +156,7 @@ def test_offline_classifier_recognizes_chelsea(tmp_path):
     cat.convert("L").save(tmp_path / "drawings" / "not-a-class" / "c2.png")
     out = tmp_path / "r.json"
     code = main(["eval", "clip-score", "--photos", str(tmp_path / "photos"), "--drawings", str(tmp_path / "drawings"),
-                 "--classifier", "efficientnet-lite0", "--device", "cpu", "--json", str(out), "--no-progress"])
+                 "--classifier", "efficientnet-lite0", "--device", "cpu", "--json", str(out), "--quiet"])
     assert code == 0
     report = json.loads(out.read_text())
     assert "efficientnet-lite0" in report["classifier"] and report["labels"] == 1000

@@ -37,7 +37,7 @@ def test_compare_two_checkpoints(tiny_clip, tmp_path, capsys):  # noqa: F811
     out = tmp_path / "cmp"
     args = ["eval", "compare", *checkpoints, "--photos", str(tmp_path / "set" / "images"), "-o", str(out),
             "--model", "linedraw-test-tiny", "--pretrained", str(tiny_clip), "--device", "cpu", "--size", "32",
-            "--edge-thresholds", "2", "--n", "3", "--no-progress"]
+            "--edge-thresholds", "2", "--n", "3", "--quiet"]
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "ground truth:" in text

@@ -86,7 +86,7 @@ def test_cli_scores_reports_missing_and_resumes(tmp_path, monkeypatch, capsys):
     gt_dir, drawing_dir = _write_case(tmp_path)
     out, counts = tmp_path / "edges.json", tmp_path / "counts.json"
     args = ["eval", "edges", "--drawings", str(drawing_dir), "--gt", str(gt_dir), "--thresholds", "3",
-            "--json", str(out), "--counts", str(counts), "--no-progress"]
+            "--json", str(out), "--counts", str(counts), "--quiet"]
     assert main(args) == 0
     report = json.loads(out.read_text())
     assert report["scores"]["images"] == 2
@@ -113,7 +113,7 @@ def test_cli_names_a_corrupt_drawing_and_goes_on(tmp_path, capsys):
     gt_dir, drawing_dir = _write_case(tmp_path)
     (drawing_dir / "img3.png").write_bytes(b"not a png")
     code = main(["eval", "edges", "--drawings", str(drawing_dir), "--gt", str(gt_dir), "--thresholds", "1",
-                 "--no-progress"])
+                 "--quiet"])
     out = capsys.readouterr().out
     assert code == 1
     assert f"error: {drawing_dir / 'img3.png'}:" in out

@@ -16,7 +16,7 @@ from linedraw.errors import BusyError, LinedrawError, UsageError
 from linedraw.retrieval.index import GalleryIndex, merge_indexes, writer_lock
 from tests.test_retrieval_cli import EMBEDDER, _build, _photo, data  # noqa: F401  (data is a fixture)
 
-ADD = ("--device", "cpu", "--no-progress")
+ADD = ("--device", "cpu", "--quiet")
 
 
 def _one_error_line(err: str) -> str:

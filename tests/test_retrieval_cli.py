@@ -60,7 +60,7 @@ def data(tmp_path_factory) -> Path:
 
 def _build(data: Path, out: Path, *extra: str, gallery: str | None = None) -> int:
     return main(["index", "build", gallery or str(data / "gallery"), "-o", str(out), "--checkpoint",
-                 str(data / "gen.safetensors"), "--embedder", EMBEDDER, "--device", "cpu", "--no-progress", *extra])
+                 str(data / "gen.safetensors"), "--embedder", EMBEDDER, "--device", "cpu", "--quiet", *extra])
 
 
 def test_build_search_add_remove_info(data, tmp_path, capsys):
@@ -86,14 +86,14 @@ def test_build_search_add_remove_info(data, tmp_path, capsys):
     assert "a&lt;b&gt;&amp;c.png" in html_text and "a<b>" not in html_text and "data:image/jpeg;base64," in html_text
 
     # add: everything unchanged; then a changed photo is re-embedded, a new one added, a touched one skipped.
-    assert main(["index", "add", str(index), str(gallery), "--device", "cpu", "--no-progress"]) == 0
+    assert main(["index", "add", str(index), str(gallery), "--device", "cpu", "--quiet"]) == 0
     assert "6 unchanged skipped" in capsys.readouterr().out
     _photo(gallery / "cat" / "cat0.jpg", "dog", seed=99)  # new content
     _photo(gallery / "dog" / "dog9.jpg", "dog", seed=98)  # new photo
     os.utime(gallery / "cat" / "cat1.jpg", (1, 1))  # same content, new mtime
     with GalleryIndex.open(index) as before:
         old_ids = {i.id for i in before.items_for_path(str(gallery / "cat" / "cat0.jpg"))}
-    assert main(["index", "add", str(index), str(gallery), "--device", "cpu", "--no-progress"]) == 0
+    assert main(["index", "add", str(index), str(gallery), "--device", "cpu", "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "2 items added" in out and "1 changed photos re-embedded" in out and "5 unchanged skipped" in out
     with GalleryIndex.open(index) as after:
@@ -152,7 +152,7 @@ def test_eval_retrieval_prints_drawings_and_raw_baseline(data, tmp_path, capsys)
     capsys.readouterr()
     report = tmp_path / "metrics.json"
     assert main(["eval", "retrieval", "--index", str(tmp_path / "index"), "--queries", str(data / "queries"),
-                 "--device", "cpu", "--no-progress", "--json", str(report)]) == 0
+                 "--device", "cpu", "--quiet", "--json", str(report)]) == 0
     out = capsys.readouterr().out
     header = next(line for line in out.splitlines() if line.startswith("| metric"))
     assert "raw photos" in header and "drawings" in header

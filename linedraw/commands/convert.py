@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from linedraw.commands.options import _WarnOnDeprecated, add_device, add_output
+from linedraw.commands.options import WarnOnDeprecated, add_device, add_output
 from linedraw.pipeline import FORMATS
 
 OUTPUT_NAMES = """\
@@ -51,12 +51,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--output-size", type=int, default=None, metavar="N",
                         help="short side of the written drawings (default: the photo's own size)")
     parser.add_argument("--tile-above-pixels", "--max-pixels", type=int, default=None, metavar="N",
-                        action=_WarnOnDeprecated, deprecated=("--max-pixels",),
+                        action=WarnOnDeprecated, deprecated=("--max-pixels",),
                         help="run images over N pixels at the processing size in overlapping, seamlessly blended "
                         "tiles, bounding memory (default: 4194304 = 2048x2048; 1048576 through ONNX Runtime)")
     parser.add_argument("--tile-overlap", type=int, default=None, metavar="PX", help="tile overlap (default: 128)")
     parser.add_argument("--refuse-above-pixels", "--max-input-pixels", type=int, default=None, metavar="N",
-                        action=_WarnOnDeprecated, deprecated=("--max-input-pixels",),
+                        action=WarnOnDeprecated, deprecated=("--max-input-pixels",),
                         help="refuse images over N pixels, when decoding (a decompression bomb guard; above "
                         "Pillow's own limit for trusted files) and at the processing or output size "
                         "(default: 134217728)")
@@ -99,8 +99,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.workers is not None and args.workers < 0:
         raise UsageError(f"--workers must be >= 0 (0 = decode and save in the main thread), got {args.workers}")
-    rank, world, device, show_progress = _process_share(args.device)
-    device = resolve_device(device)
+    rank, world, show_progress = _process_share()
+    device = resolve_device(args.device)
     errors_path = _errors_path(args.errors, rank if world > 1 else None) if args.errors else None
     if errors_path is not None:
         check_writable(errors_path)  # before loading anything: a typo in --errors must not cost a whole run
@@ -149,23 +149,18 @@ def _print_summary(summary, prefix: str) -> None:
           f"in {summary.elapsed:.1f} s ({summary.rate:.2f} images/s)")
 
 
-def _process_share(device: str) -> tuple[int, int, str, bool]:
-    """(rank, world size, device, show progress) from the variables `accelerate launch` / torchrun set.
+def _process_share() -> tuple[int, int, bool]:
+    """(rank, world size, show progress) from the variables `accelerate launch` / torchrun set.
 
     Converting needs no communication between processes, so no process group is started: each process
-    takes every WORLD_SIZE-th file from RANK on, and "auto" becomes its local GPU (LOCAL_RANK) when CUDA is
-    there. Only each machine's first process shows a progress bar.
+    takes every WORLD_SIZE-th file from RANK on, and `resolve_device("auto")` gives its local GPU (LOCAL_RANK).
+    Only each machine's first process shows a progress bar.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return 0, 1, device, True
+        return 0, 1, True
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "auto":
-        import torch
-
-        if torch.cuda.is_available():
-            device = f"cuda:{local_rank % torch.cuda.device_count()}"
-    return rank, world, device, local_rank == 0
+    return rank, world, local_rank == 0
 
 
 def _errors_path(path: str, rank: int | None) -> Path:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -23,36 +22,39 @@ The baseline indexes the same photos without drawing them (--raw), with the same
 def register(eval_subparsers: argparse._SubParsersAction) -> None:
     """Add `linedraw eval retrieval`."""
     from linedraw.commands.index import positive_int
+    from linedraw.commands.options import add_device, add_json, add_quiet
 
     parser = eval_subparsers.add_parser(
         "retrieval", help="mAP / P@K / R@K / acc@K of sketch queries against an index and the raw-photo baseline",
+        description="Embed the query sketches, rank the whole gallery for each, and print the retrieval metrics "
+                    "of the index beside those of the same photos indexed raw (the no-drawing baseline).",
         epilog=METRICS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--index", required=True, help="index built with `linedraw index build` (class folders)")
     parser.add_argument("--queries", required=True, help="folder of query sketches in class folders")
     parser.add_argument("--baseline-index", help="raw-photo index to compare with; built here if missing "
                                                  "(default: a temporary one)")
     parser.add_argument("--no-baseline", action="store_true", help="evaluate --index alone")
-    parser.add_argument("--json", metavar="OUT.json", help="also write the metrics as JSON")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda, mps or cpu)")
+    add_json(parser, "the metrics")
+    add_device(parser)
     parser.add_argument("--batch-size", type=positive_int, default=32,
                         help="images embedded at once (default: 32)")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_quiet(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from linedraw.commands.index import default_device
+    from linedraw.commands.options import emit
+    from linedraw.convert import resolve_device
     from linedraw.errors import UsageError
-    from linedraw.images import write_text_atomic
     from linedraw.retrieval.evaluate import embed_queries, evaluate, format_table
     from linedraw.retrieval.gallery import Encoding, PhotoEncoder, build_index, encoding_of
     from linedraw.retrieval.index import GalleryIndex
 
-    device = args.device or default_device()
+    device = resolve_device(args.device)
     index = GalleryIndex.open(args.index)  # checked before the embedder is loaded or any query embedded
     m = index.manifest
     drawing_encoder = PhotoEncoder(encoding_of(m), device, args.batch_size)
-    queries = embed_queries(args.queries, drawing_encoder, args.batch_size, not args.no_progress)
+    queries = embed_queries(args.queries, drawing_encoder, args.batch_size, not args.quiet)
     name = f"drawings ({m['checkpoint']})" if m.get("checkpoint") else "index (raw photos)"
     columns = {name: evaluate(index, queries)}
     photos = sorted({item.path for item in index.all_items()})
@@ -71,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
                 print(f"building the raw-photo baseline index ({len(photos)} photos) in {baseline_dir}",
                       file=sys.stderr)
                 build_index(photos, baseline_dir, raw.encoding, kind="flat", encoder=raw,
-                            batch_size=args.batch_size, progress=not args.no_progress)
+                            batch_size=args.batch_size, progress=not args.quiet)
             with GalleryIndex.open(baseline_dir) as baseline:
                 if baseline.manifest["embedder"] != m["embedder"] or baseline.manifest.get("checkpoint"):
                     raise UsageError(f"--baseline-index {baseline_dir} is not a raw-photo index with embedder "
@@ -81,9 +83,6 @@ def run(args: argparse.Namespace) -> int:
             if temporary:
                 shutil.rmtree(temporary, ignore_errors=True)
 
-    print(f"embedder {m['embedder']}, {len(queries.paths)} queries from {args.queries}")
-    print(format_table(columns))
-    if args.json:
-        write_text_atomic(args.json, json.dumps({"embedder": m["embedder"], "checkpoint": m.get("checkpoint"),
-                                                 "metrics": columns}, indent=2))
+    emit(args.json, {"embedder": m["embedder"], "checkpoint": m.get("checkpoint"), "metrics": columns},
+         [f"embedder {m['embedder']}, {len(queries.paths)} queries from {args.queries}", format_table(columns)])
     return 0

@@ -6,6 +6,8 @@ import json
 import os
 import sys
 
+from linedraw.commands.options import add_device, add_json, add_output, add_quiet
+
 BUILD_EPILOG = """\
 index kinds (Faiss guidelines): flat = exact inner product (auto up to 50,000 items); hnsw = HNSW32 graph,
 fast and accurate while vectors + graph fit --memory; ivfpq = IVF + product quantisation, dim/8 (max 64)
@@ -77,12 +79,12 @@ def default_device() -> str:
 
 
 def add_runtime_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default=None, help="torch device (default: cuda, mps or cpu)")
+    add_device(parser)
     parser.add_argument("--batch-size", type=positive_int, default=16,
                         help="photos converted/embedded at once (default: 16)")
     parser.add_argument("--chunk-size", type=positive_int, default=256,
                         help="photos per resumable work chunk (default: 256)")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_quiet(parser)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -91,11 +93,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = parser.add_subparsers(dest="index_command", metavar="INDEX_COMMAND", required=True)
 
     build = sub.add_parser("build", help="index photos (each by its drawing's embedding)", epilog=BUILD_EPILOG,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+                           formatter_class=argparse.RawDescriptionHelpFormatter,
+                           description="Draw every photo with --checkpoint, embed the drawing with --embedder and "
+                                       "write a Faiss index with the photos' paths, resumably.")
     build.add_argument("gallery", nargs="+", help="photo files, folders or glob patterns")
-    build.add_argument("-o", "--output", required=True,
-                       help="index directory to write: new, empty, or an index to replace (any other folder, "
-                            "and a folder inside the photos, is refused)")
+    add_output(build, "index directory to write: new, empty, or an index to replace (any other folder, and a "
+                      "folder inside the photos, is refused)", metavar="INDEX")
     build.add_argument("--checkpoint", default="contour", help="generator that draws the photos (default: contour)")
     build.add_argument("--raw", action="store_true", help="embed the photos themselves (the no-drawing baseline)")
     build.add_argument("--embedder", default="efficientnet-lite0",
@@ -120,14 +123,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_wait_arg(build)
     build.set_defaults(func=run_build)
 
-    add = sub.add_parser("add", help="add new or changed photos (by content hash); unchanged ones are skipped")
+    add = sub.add_parser("add", help="add new or changed photos (by content hash); unchanged ones are skipped",
+                         description="Draw and embed photos not yet in the index (or changed since, by content "
+                                     "hash) with the index's own checkpoint and embedder.")
     add.add_argument("index", help="index directory from `linedraw index build`")
     add.add_argument("paths", nargs="+", help="photo files, folders or glob patterns")
     add_runtime_args(add)
     add_wait_arg(add)
     add.set_defaults(func=run_add)
 
-    remove = sub.add_parser("remove", help="remove photos (files, whole folders or globs) from an index")
+    remove = sub.add_parser("remove", help="remove photos (files, whole folders or globs) from an index",
+                            description="Remove the items of the named photos from the index.")
     remove.add_argument("index", help="index directory from `linedraw index build`")
     remove.add_argument("paths", nargs="+", help="photo files, folders or glob patterns, as `index add` takes them; "
                                                  "matched against the indexed paths, so photos already deleted "
@@ -135,15 +141,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_wait_arg(remove)
     remove.set_defaults(func=run_remove)
 
-    info = sub.add_parser("info", help="print an index's manifest summary")
+    info = sub.add_parser("info", help="print an index's manifest summary",
+                          description="Print what an index holds and how it was built (its manifest).")
     info.add_argument("index", help="index directory from `linedraw index build`")
-    info.add_argument("--json", action="store_true", help="print the full manifest as JSON (default: a summary)")
+    add_json(info, "the full manifest")
     info.set_defaults(func=run_info)
 
-    merge = sub.add_parser("merge", help="merge shard indexes built alike (see `index build --like`)")
+    merge = sub.add_parser("merge", help="merge shard indexes built alike (see `index build --like`)",
+                           description="Join shard indexes built with the same encoding and trained quantizer "
+                                       "into one index.")
     merge.add_argument("shards", nargs="+", help="shard index directories")
-    merge.add_argument("-o", "--output", required=True,
-                       help="index directory to write: new, empty, or an index to replace")
+    add_output(merge, "index directory to write: new, empty, or an index to replace", metavar="INDEX")
     add_wait_arg(merge)
     merge.set_defaults(func=run_merge)
 
@@ -165,6 +173,7 @@ def _print_report(report, verb: str) -> int:
 
 
 def run_build(args: argparse.Namespace) -> int:
+    from linedraw.convert import resolve_device
     from linedraw.errors import UsageError
     from linedraw.retrieval.gallery import Encoding, build_index, parse_shard
     from linedraw.retrieval.index import parse_size
@@ -186,17 +195,18 @@ def run_build(args: argparse.Namespace) -> int:
     except UsageError as exc:
         raise UsageError(f"--{exc}") from None
     report = build_index(args.gallery, output, encoding, kind=args.kind, memory=memory, on_disk=args.on_disk,
-                         like=args.like, shard=shard, device=args.device or default_device(),
-                         batch_size=args.batch_size, chunk_size=args.chunk_size, progress=not args.no_progress,
+                         like=args.like, shard=shard, device=resolve_device(args.device),
+                         batch_size=args.batch_size, chunk_size=args.chunk_size, progress=not args.quiet,
                          wait=args.wait)
     return _print_report(report, f"indexed in {output}")
 
 
 def run_add(args: argparse.Namespace) -> int:
+    from linedraw.convert import resolve_device
     from linedraw.retrieval.gallery import add_to_index
 
-    report = add_to_index(args.index, args.paths, device=args.device or default_device(),
-                          batch_size=args.batch_size, chunk_size=args.chunk_size, progress=not args.no_progress,
+    report = add_to_index(args.index, args.paths, device=resolve_device(args.device),
+                          batch_size=args.batch_size, chunk_size=args.chunk_size, progress=not args.quiet,
                           wait=args.wait)
     return _print_report(report, f"added to {args.index}")
 
@@ -215,9 +225,13 @@ def run_info(args: argparse.Namespace) -> int:
     from linedraw.retrieval.index import GalleryIndex, manifest_summary
 
     with GalleryIndex.open(args.index) as index:
-        if args.json:
+        if args.json == "-":
             print(json.dumps(index.manifest, indent=2, sort_keys=True))
             return 0
+        if args.json:
+            from linedraw.eval import write_json
+
+            write_json(args.json, index.manifest)
         summary = manifest_summary(index.manifest)
         photos = index.db.execute("SELECT COUNT(DISTINCT path) FROM items").fetchone()[0]
         disk = sum(os.path.getsize(os.path.join(args.index, f)) for f in os.listdir(args.index))

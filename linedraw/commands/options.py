@@ -17,7 +17,7 @@ from typing import Any, Iterable
 DEVICE_HELP = "auto | cpu | cuda | cuda:N | mps (default: auto = CUDA, then MPS, then CPU)"
 
 
-class _WarnOnDeprecated(argparse.Action):
+class WarnOnDeprecated(argparse.Action):
     """Stores like `store` (or `store_true` with nargs=0) and warns once when a deprecated spelling is used."""
 
     def __init__(self, option_strings: list[str], dest: str, deprecated: tuple[str, ...] = (),
@@ -39,7 +39,7 @@ def add_output(parser: argparse.ArgumentParser, help: str, *, metavar: str = "PA
     """`-o/--output`; `old_out=True` keeps the command's former `--out` spelling working, with a warning."""
     names = ["-o", "--output"] + (["--out"] if old_out else [])
     parser.add_argument(*names, dest="output", required=required, metavar=metavar, help=help,
-                        action=_WarnOnDeprecated, deprecated=("--out",))
+                        action=WarnOnDeprecated, deprecated=("--out",))
 
 
 def add_json(parser: argparse.ArgumentParser, what: str = "the results") -> None:
@@ -56,7 +56,7 @@ def add_device(parser: argparse.ArgumentParser) -> None:
 
 def add_quiet(parser: argparse.ArgumentParser) -> None:
     """`-q/--quiet` (and the former `--no-progress`): no progress bars."""
-    parser.add_argument("-q", "--quiet", "--no-progress", dest="quiet", action=_WarnOnDeprecated, flag=True,
+    parser.add_argument("-q", "--quiet", "--no-progress", dest="quiet", action=WarnOnDeprecated, flag=True,
                         deprecated=("--no-progress",), help="no progress bars")
 
 

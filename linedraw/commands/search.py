@@ -13,6 +13,7 @@ import sys
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `linedraw search`."""
     from linedraw.commands.index import non_negative_int, positive_int
+    from linedraw.commands.options import add_device
 
     parser = subparsers.add_parser(
         "search", help="find indexed photos that match a sketch",
@@ -23,26 +24,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("queries", nargs="+", metavar="QUERY", help="sketch or photo files, folders or globs")
     parser.add_argument("-k", type=positive_int, default=10, help="results per query (default: 10)")
     parser.add_argument("--raw", action="store_true", help="embed query photos as they are (no conversion)")
-    parser.add_argument("--json", action="store_true", help="print JSON lines: one object per query")
+    parser.add_argument("--json", nargs="?", const="-", default=None, metavar="FILE|-",
+                        help="results as JSON lines, one object per query: on stdout instead of the ranked list "
+                             "(`--json` or `--json -`), or also written to FILE")
     parser.add_argument("--html", metavar="OUT.html", help="also write a results page with thumbnails")
     parser.add_argument("--nprobe", type=non_negative_int, default=0,
                         help="IVF cells to visit (default: 0, the manifest's)")
     parser.add_argument("--ef-search", type=non_negative_int, default=0,
                         help="HNSW search breadth (default: 0, the manifest's)")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda, mps or cpu)")
+    add_device(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from linedraw.commands.index import default_device
-    from linedraw.images import ImageError, display_path, list_images, open_image
+    from linedraw.convert import resolve_device
+    from linedraw.images import ImageError, display_path, list_images, open_image, write_text_atomic
     from linedraw.retrieval.gallery import PhotoEncoder, encoding_of
     from linedraw.retrieval.index import GalleryIndex, configure_search
 
     index = GalleryIndex.open(args.index)  # checked before the embedder is loaded or any query embedded
     configure_search(index.index, args.nprobe, args.ef_search)
     m = index.manifest
-    encoder = PhotoEncoder(encoding_of(m), args.device or default_device())
+    encoder = PhotoEncoder(encoding_of(m), resolve_device(args.device))
     results, failed = [], 0
     for path, _ in list_images(args.queries):
         try:
@@ -57,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
             if item is not None:
                 hits.append({"path": item.path, "object": item.object, "box": item.box, "score": round(score, 4)})
         results.append({"query": display_path(path), "results": hits})
-        if args.json:
+        if args.json == "-":
             print(json.dumps(results[-1]))
         else:
             print(display_path(path))
@@ -65,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
                 obj = f"  [{hit['object']} {hit['box']}]" if hit["object"] else ""
                 print(f"  {rank:>3}  {hit['score']:.4f}  {display_path(hit['path'])}{obj}")
     index.close()
+    if args.json not in (None, "-"):
+        write_text_atomic(args.json, "".join(json.dumps(result) + "\n" for result in results))
     if args.html:
         write_html(results, args.html)
         print(f"wrote {args.html}", file=sys.stderr)
