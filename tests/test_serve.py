@@ -215,6 +215,30 @@ def test_traversal_urls_are_refused_by_the_live_server(server_url, target):
     assert b"root:" not in body and b"import" not in body
 
 
+def test_a_slow_query_holds_up_neither_the_page_nor_other_queries(server_url, search, monkeypatch):
+    encoder = search.encoders[0]
+    real_query, entered, release, calls = encoder.query, threading.Event(), threading.Event(), []
+
+    def first_call_waits(image, raw=False):
+        calls.append(1)
+        if len(calls) == 1:
+            entered.set()
+            release.wait(120)
+        return real_query(image, raw=raw)
+
+    monkeypatch.setattr(encoder, "query", first_call_waits)
+    with ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(httpx.post, f"{server_url}/api/search", content=sketch_png(), timeout=120)
+        assert entered.wait(60), "the first query never reached the embedder"
+        try:  # while it is stuck in embedding, the event loop still answers
+            assert httpx.get(f"{server_url}/api/indexes", timeout=60).status_code == 200
+            assert httpx.post(f"{server_url}/api/search", content=sketch_png("dog"), timeout=60).status_code == 200
+            assert not slow.done()
+        finally:
+            release.set()
+        assert slow.result().status_code == 200
+
+
 def test_concurrent_searches_all_succeed(server_url, capsys):
     bodies = [sketch_png("cat" if i % 2 else "dog", strokes=1 + i % 3) for i in range(50)]
 
