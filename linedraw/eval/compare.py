@@ -20,27 +20,14 @@ def method_names(checkpoints: Sequence[str]) -> list[str]:
 
 def convert_folder(checkpoint: str, photos: str | os.PathLike, out_dir: str | os.PathLike, size: int,
                    device: str = "auto", progress: bool = True) -> list[str]:
-    """Draw every photo under `photos` into `out_dir/<relative path>.png` (skipping ones already there, writing
-    atomically); returns the errors, each naming its file."""
-    from tqdm import tqdm
-
+    """Draw every photo under `photos` into `out_dir`, mirroring the tree, through the conversion pipeline
+    (drawings already there are kept, writes are atomic); returns the failures, each naming its file."""
     import linedraw
-    from linedraw.images import ImageError, list_images, open_image, save_image
+    from linedraw.pipeline import convert_files, plan_outputs
 
     converter = linedraw.load(checkpoint, device=device, size=size)
-    errors = []
-    for path, relative in tqdm(list_images([photos]), desc=f"drawing ({Path(checkpoint).stem})", unit="img",
-                               disable=not progress):
-        target = Path(out_dir) / relative.with_suffix(".png")
-        if target.exists():
-            continue
-        try:
-            drawing = converter(open_image(path, "RGB"))
-        except ImageError as exc:
-            errors.append(str(exc))
-            continue
-        save_image(drawing, target)
-    return errors
+    summary = convert_files(converter, plan_outputs([photos], out_dir), skip_existing=True, progress=progress)
+    return [f"{path}: {reason}" for path, reason in summary.failures]
 
 
 @dataclass

@@ -142,8 +142,8 @@ def export_study(photos: str | os.PathLike, methods: Mapping[str, str | os.PathL
     rng.shuffle(trials)
     for number, trial in enumerate(trials, 1):
         trial.trial_id = f"t{number:04d}"
-    _write_text(out / "trials.csv", _trials_csv(trials))
-    _write_text(out / "index.html", render_page(trials, photo_files, study_id, question, title))
+    write_text_atomic(out / "trials.csv", _trials_csv(trials))
+    write_text_atomic(out / "index.html", render_page(trials, photo_files, study_id, question, title))
     return StudyExport(out_dir=out, trials=trials, photos=len(usable),
                        missing={m: keys for m, keys in missing.items() if keys}, errors=errors)
 
@@ -194,9 +194,6 @@ def _trials_csv(trials: Iterable[Trial]) -> str:
         writer.writerow(asdict(trial))
     return buffer.getvalue()
 
-
-def _write_text(path: Path, text: str) -> None:
-    write_text_atomic(path, text)
 
 
 # ---- analysis -------------------------------------------------------------------------------------------

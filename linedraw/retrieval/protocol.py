@@ -20,6 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from linedraw.errors import InvalidFileError, MissingFileError, UsageError
+from linedraw.images import write_text_atomic
 from linedraw.retrieval.metrics import category_metrics, instance_accuracy
 from linedraw.retrieval.train_embedder import (
     EmbedderTrainConfig,
@@ -39,7 +41,7 @@ def split_classes(classes: Sequence[str], unseen: int, seed: int) -> dict:
     """A seeded split of `classes` into training and unseen classes (both sorted)."""
     names = sorted(classes)
     if not 0 < unseen < len(names):
-        raise ValueError(f"unseen must be between 1 and {len(names) - 1} for {len(names)} classes, got {unseen}")
+        raise UsageError(f"unseen must be between 1 and {len(names) - 1} for {len(names)} classes, got {unseen}")
     shuffled = names[:]
     random.Random(seed).shuffle(shuffled)
     return {"seed": seed, "unseen": sorted(shuffled[:unseen]), "train": sorted(shuffled[unseen:])}
@@ -51,10 +53,10 @@ def load_or_write_split(path: Path, classes: Sequence[str], unseen: int, seed: i
     if path.is_file():
         existing = json.loads(path.read_text())
         if existing != split:
-            raise ValueError(f"{path} holds another split (other seed, size or classes); "
-                             "use a new output dir or delete the file")
+            raise InvalidFileError(f"{path} holds another split (other seed, size or classes); "
+                                   "use a new output dir or delete the file")
         return existing
-    _write_text(path, json.dumps(split, indent=2) + "\n")
+    write_text_atomic(path, json.dumps(split, indent=2) + "\n")
     return split
 
 
@@ -64,7 +66,7 @@ def read_class_list(path: str | os.PathLike) -> list[str]:
     if Path(path).suffix == ".json":
         data = json.loads(text)
         if "train" not in data:
-            raise ValueError(f"{path}: a class file in JSON needs a 'train' list")
+            raise InvalidFileError(f"{path}: a class file in JSON needs a 'train' list")
         return list(data["train"])
     return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
 
@@ -75,33 +77,16 @@ def convert_tree(photo_root: Path, out_root: Path, checkpoint: str, classes: Seq
     `size` px (the embedders see 224 px, so more costs time and adds nothing).
 
     Existing outputs are kept, so an interrupted run continues; returns (out_root, errors of unreadable photos)."""
-    from tqdm.auto import tqdm
-
     import linedraw
-    from linedraw.images import ImageError, list_images, open_image, save_image
+    from linedraw.pipeline import convert_files, plan_outputs
 
-    todo = []
-    for path, relative in list_images([photo_root]):
-        if classes is not None and relative.parts[0] not in classes:
-            continue
-        target = out_root / relative.with_suffix(".png")
-        if not target.is_file():
-            todo.append((path, target))
-    errors: list[str] = []
-    if not todo:
-        return out_root, errors
+    tasks = [task for task in plan_outputs([photo_root], out_root)
+             if classes is None or task.target.relative_to(out_root).parts[0] in classes]
+    if all(task.target.is_file() for task in tasks):
+        return out_root, []
     converter = linedraw.load(checkpoint, device=device, batch_size=batch_size, size=size)
-    for start in tqdm(range(0, len(todo), batch_size), desc=f"drawings ({checkpoint})", unit="batch"):
-        images, targets = [], []
-        for path, target in todo[start : start + batch_size]:
-            try:
-                images.append(open_image(path))
-                targets.append(target)
-            except ImageError as err:
-                errors.append(str(err))
-        for drawing, target in zip(converter.convert(images) if images else [], targets):
-            save_image(drawing, target)
-    return out_root, errors
+    summary = convert_files(converter, tasks, skip_existing=True, progress=True)
+    return out_root, [f"{path}: {reason}" for path, reason in summary.failures]
 
 
 @dataclass
@@ -192,7 +177,7 @@ def run_protocol(config: ProtocolConfig) -> tuple[dict, list[str]]:
     photo_root, sketch_root = data / "photo", data / "sketch"
     for root in (photo_root, sketch_root):
         if not root.is_dir():
-            raise FileNotFoundError(f"{root}: missing (expected a Sketchy-style tree with photo/ and sketch/)")
+            raise MissingFileError(f"{root}: missing (expected a Sketchy-style tree with photo/ and sketch/)")
     out.mkdir(parents=True, exist_ok=True)
     classes = sorted(p.name for p in photo_root.iterdir() if p.is_dir() and (sketch_root / p.name).is_dir())
     split = load_or_write_split(out / SPLIT_FILE, classes, config.unseen, config.seed)
@@ -204,7 +189,7 @@ def run_protocol(config: ProtocolConfig) -> tuple[dict, list[str]]:
                                               size=config.draw_size)
         drawing_source = f"checkpoint: {config.checkpoint}"
     else:
-        raise ValueError("the drawings arm needs --drawings DIR or --checkpoint NAME")
+        raise UsageError("the drawings arm needs drawings (a folder) or checkpoint (a name or path)")
 
     base_train = config.train or EmbedderTrainConfig(sketches="", gallery="", output_dir="")
     galleries_root = {"photos": photo_root, "drawings": drawing_root}
@@ -237,16 +222,11 @@ def run_protocol(config: ProtocolConfig) -> tuple[dict, list[str]]:
         "chance_mAP": 1.0 / len(split["unseen"]),
         "train": {k: str(out / f"embedder-{k}") for k in galleries_root},
     }
-    _write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
+    write_text_atomic(out / "results.json", json.dumps(results, indent=2) + "\n")
     header = (f"Unseen classes: {len(split['unseen'])} (seed {config.seed}); base {base_train.base}; "
               f"drawings from {drawing_source}; {len(sketches.paths)} sketch queries\n\n")
-    _write_text(out / "results.md", header + format_table(rows) + "\n")
+    write_text_atomic(out / "results.md", header + format_table(rows) + "\n")
     for line in errors:
         print(f"warning: skipped {line}", file=sys.stderr)
     return results, errors
 
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
