@@ -279,3 +279,14 @@ def test_a_busy_port_is_one_line(indexes, capsys):
         assert main(["serve", str(indexes[0]), "--port", str(port)]) == 2
     line = capsys.readouterr().err.strip()
     assert line.startswith("error: cannot listen on 127.0.0.1:") and "\n" not in line
+
+
+def test_a_folder_that_is_not_an_index_is_one_line(indexes, tmp_path, capsys):
+    with contextlib.closing(bind("127.0.0.1", 0)) as probe:
+        port = probe.getsockname()[1]
+    (tmp_path / "notes").mkdir()
+    assert main(["serve", str(indexes[0]), str(tmp_path / "notes"), "--port", str(port)]) == 2
+    line = capsys.readouterr().err.strip()
+    assert line.startswith("error: ") and str(tmp_path / "notes") in line and "\n" not in line
+    bind("127.0.0.1", port).close()  # the port was given back
+

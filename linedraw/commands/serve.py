@@ -62,17 +62,19 @@ def run(args: argparse.Namespace) -> int:
     workers = args.workers or min(4, os.cpu_count() or 1)
 
     sock = bind(args.host, args.port)  # before loading models: a busy port is reported at once
-    set_torch_threads(workers)
-    search = SketchSearch(args.indexes, args.device or default_device(), nprobe=args.nprobe,
-                          ef_search=args.ef_search, max_upload_bytes=max_upload, max_pixels=args.max_pixels,
-                          default_k=args.k)
     try:
-        server = make_server(create_app(search, workers=workers, host=args.host))
-        count = sum(g.count for g in search.galleries)
-        print(f"serving {len(search.galleries)} index(es), {count} items, at {url_of(sock)} (Ctrl-C stops)",
-              file=sys.stderr, flush=True)
-        server.run(sockets=[sock])
+        set_torch_threads(workers)
+        search = SketchSearch(args.indexes, args.device or default_device(), nprobe=args.nprobe,
+                              ef_search=args.ef_search, max_upload_bytes=max_upload, max_pixels=args.max_pixels,
+                              default_k=args.k)
+        try:
+            server = make_server(create_app(search, workers=workers, host=args.host))
+            count = sum(g.count for g in search.galleries)
+            print(f"serving {len(search.galleries)} index(es), {count} items, at {url_of(sock)} (Ctrl-C stops)",
+                  file=sys.stderr, flush=True)
+            server.run(sockets=[sock])
+        finally:
+            search.close()
     finally:
-        search.close()
         sock.close()
     return 0
