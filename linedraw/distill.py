@@ -6,9 +6,10 @@ Two resumable stages in one output folder:
    drawn by the teacher whole (so its instance norms see the statistics they see at conversion time) and
    cached as `pairs/<size>/{photo,drawing}/<relative path>.png`. Existing pairs are kept.
 2. **Training.** Random crops of the cached pairs with flips; loss `linedraw.losses.distillation_loss` (L1
-   weighted towards the teacher's lines + Sobel-gradient L1); AdamW with warm-up and cosine decay. Sample `i` of the run is a pure function of
-   (seed, i) and the step counter is saved with the accelerate state, so a resumed run sees exactly the batches
-   an uninterrupted one would. Each process of an `accelerate launch` draws its own share of every step.
+   weighted towards the teacher's lines + Sobel-gradient L1); AdamW with warm-up and cosine decay. Sample `i` of
+   the run is a pure function of (seed, i) and the step counter is saved with the run state (`linedraw.training`:
+   safetensors/JSON, nothing unpickled), so a resumed run sees exactly the batches an uninterrupted one would.
+   Each process of an `accelerate launch` draws its own share of every step.
 
 The student is written as `student.safetensors` + `student.json` (a normal checkpoint: `--checkpoint
 OUT/student.safetensors`) at every save.
@@ -18,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,6 +28,12 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
+
+from linedraw.errors import UsageError
+from linedraw.training.checkpoints import RunCheckpoints
+from linedraw.training.schedules import resync, schedule, warmup_cosine
+from linedraw.training.signals import StopOnSignal, ignore_stop_signals
+from linedraw.training.state import RunState
 
 log = logging.getLogger("linedraw.distill")
 
@@ -62,6 +68,29 @@ class DistillConfig:
     device: str = "auto"
     seed: int = 0
 
+    def validate(self) -> None:
+        """Raise UsageError naming the first argument out of range (before anything is written)."""
+        whole = {"crop": 16, "batch_size": 1, "steps": 1, "warmup": 0, "save_every": 1, "workers": 0, "seed": 0}
+        for name, low in whole.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise UsageError(f"{name} must be a whole number >= {low}, got {value!r}")
+        for name in ("lr", "edge_weight", "line_weight"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or value < 0 or (name == "lr" and value == 0):
+                raise UsageError(f"{name} must be a {'positive' if name == 'lr' else 'non-negative'} number, "
+                                 f"got {value!r}")
+        if self.crop % 4:
+            raise UsageError(f"crop must be a multiple of 4, got {self.crop}")
+        if self.sizes is not None and (not self.sizes or min(self.sizes) < self.crop):
+            raise UsageError(f"every size must be at least the crop ({self.crop}), got {self.sizes}")
+        if not isinstance(self.student, dict) or not isinstance(self.student.get("model"), str) \
+                or not isinstance(self.student.get("kwargs", {}), dict):
+            raise UsageError(f'student must be {{"model": NAME, "kwargs": {{...}}}}, got {self.student!r}')
+        if self.device not in ("auto", "cpu"):
+            raise UsageError(f"device must be 'auto' or 'cpu', got {self.device!r}")
+
 
 # ------------------------------------------------------------------------------------------------- pairs
 
@@ -79,7 +108,7 @@ def build_pairs(photos: list[str], out: Path, teacher: str, sizes: list[int], de
 
     files = list_images(photos)
     if not files:
-        raise FileNotFoundError(f"no images found in {' '.join(photos)}")
+        raise UsageError(f"photos: no images found in {' '.join(map(str, photos))}")
     jobs = [(path, size, out / "pairs" / str(size) / "photo" / rel.with_suffix(".png"),
              out / "pairs" / str(size) / "drawing" / rel.with_suffix(".png"))
             for size in sizes for path, rel in files]
@@ -111,7 +140,7 @@ class PairCrops(Dataset):
 
     def __init__(self, pairs: list[tuple[Path, Path]], crop: int, seed: int = 0) -> None:
         if not pairs:
-            raise ValueError("no photo/drawing pairs to train on")
+            raise UsageError("no photo/drawing pairs to train on (every photo was unreadable)")
         self.pairs, self.crop, self.seed = pairs, crop, seed
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -146,33 +175,6 @@ class StepSampler(Sampler):
             yield from range(first, first + self.batch_size)
 
 
-def lr_at(step: int, config: DistillConfig) -> float:
-    """Linear warm-up over `warmup` steps, then cosine decay to 0 at `steps`."""
-    if step < config.warmup:
-        return config.lr * (step + 1) / config.warmup
-    progress = (step - config.warmup) / max(1, config.steps - config.warmup)
-    return config.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
-class _Counter:
-    """The step counter, saved and restored by accelerate with the rest of the state."""
-
-    def __init__(self) -> None:
-        self.step = 0
-
-    def state_dict(self) -> dict:
-        return {"step": self.step}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.step = int(state["step"])
-
-
-def _ignore_stop_signals(_worker_id: int) -> None:
-    """DataLoader workers ignore SIGINT/SIGTERM: the main process saves, then shuts them down."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-
 # ------------------------------------------------------------------------------------------------- training
 
 
@@ -181,18 +183,22 @@ def distill(config: DistillConfig, show_progress: bool = True) -> dict:
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 
-    from linedraw.checkpoint import load_generator, publish_step_dir, save_generator
+    from linedraw.checkpoint import load_generator, save_generator
     from linedraw.losses import distillation_loss
     from linedraw.models import create_model
 
-    if config.crop % 4 or config.crop < 16:
-        raise ValueError(f"crop must be a multiple of 4 and at least 16, got {config.crop}")
+    config.validate()
     out = Path(config.output_dir)
-    accelerator = Accelerator(cpu=config.device == "cpu")
     _, teacher_config = load_generator(config.teacher)
     sizes = config.sizes or [int(teacher_config.get("inference", {}).get("size", 512))]
     if min(sizes) < config.crop:
-        raise ValueError(f"every size must be at least the crop ({config.crop}), got {sizes}")
+        raise UsageError(f"crop={config.crop} is larger than the teacher's inference size {sizes[0]}: pass sizes")
+    try:
+        torch.manual_seed(config.seed)
+        student = create_model(config.student["model"], **config.student.get("kwargs", {}))
+    except (KeyError, TypeError, ValueError) as err:
+        raise UsageError(f"student {config.student!r}: {err}") from None
+    accelerator = Accelerator(cpu=config.device == "cpu")
 
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -205,17 +211,16 @@ def distill(config: DistillConfig, show_progress: bool = True) -> dict:
         log.warning("skipped %s", line)
     log.info("%d photo/drawing pairs at sizes %s from teacher %s", len(pairs), sizes, config.teacher)
 
-    torch.manual_seed(config.seed)
-    student = create_model(config.student["model"], **config.student.get("kwargs", {}))
     optimizer = torch.optim.AdamW(student.parameters(), lr=config.lr, weight_decay=0.0)
+    factor = warmup_cosine(config.warmup, config.steps)
+    scheduler = schedule(optimizer, factor)
     student, optimizer = accelerator.prepare(student, optimizer)
-    counter = _Counter()
-    accelerator.register_for_checkpointing(counter)
-    state_root = out / "state"
-    latest = state_root / "latest"
-    if latest.is_file():
-        accelerator.load_state(str(state_root / latest.read_text().strip()))
+    counter = RunState()
+    checkpoints = RunCheckpoints(out / "state", accelerator, counter, {"student": student},
+                                 {"optimizer": optimizer, "lr": scheduler}, keep=KEEP_STATES)
+    if checkpoints.resume() is not None:
         log.info("resumed at step %d", counter.step)
+    resync(scheduler, counter.step)
 
     student_config = {
         **config.student,
@@ -227,64 +232,52 @@ def distill(config: DistillConfig, show_progress: bool = True) -> dict:
     }
 
     def save() -> None:
-        name = f"step_{counter.step:08d}"
-        tmp = state_root / f"{name}.tmp"
-        accelerator.wait_for_everyone()
-        accelerator.save_state(str(tmp))
+        checkpoints.save()
         if accelerator.is_main_process:
-            publish_step_dir(state_root, name, KEEP_STATES)
             student_config["distillation"]["steps"] = counter.step
             save_generator(accelerator.unwrap_model(student), out / "student", student_config)
         accelerator.wait_for_everyone()
 
-    stop: dict[str, int | None] = {"signal": None}
-
-    def request_stop(signum: int, _frame) -> None:
-        stop["signal"] = signum
-
-    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     dataset = PairCrops(pairs, config.crop, config.seed)
     sampler = StepSampler(counter.step, config.steps, config.batch_size, accelerator.process_index,
                           accelerator.num_processes)
     loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, num_workers=config.workers,
-                        worker_init_fn=_ignore_stop_signals, pin_memory=accelerator.device.type == "cuda")
+                        worker_init_fn=ignore_stop_signals, pin_memory=accelerator.device.type == "cuda")
     progress = tqdm(total=config.steps, initial=counter.step, desc="distill", unit="step",
                     disable=not (show_progress and accelerator.is_main_process), dynamic_ncols=True)
     metrics = out / "metrics.jsonl"
     running: list[torch.Tensor] = []  # detached losses: reading them every step would sync the GPU every step
     start_time = time.time()
     student.train()
-    try:
-        for photo, drawing in loader:
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(counter.step, config)
-            photo, drawing = photo.to(accelerator.device), drawing.to(accelerator.device)
-            loss = distillation_loss(student(photo), drawing, config.edge_weight, config.line_weight)
-            optimizer.zero_grad(set_to_none=True)
-            accelerator.backward(loss)
-            optimizer.step()
-            counter.step += 1
-            running = running[-49:] + [loss.detach()]
-            progress.update(1)
-            if counter.step % 50 == 0 or counter.step == config.steps:
-                mean = float(torch.stack(running).mean())
-                progress.set_postfix(loss=f"{mean:.4f}")
-                if accelerator.is_main_process:
-                    with metrics.open("a") as handle:
-                        handle.write(json.dumps({"step": counter.step, "loss": round(mean, 5),
-                                                 "lr": lr_at(counter.step - 1, config),
-                                                 "seconds": round(time.time() - start_time, 1)}) + "\n")
-            done = counter.step >= config.steps
-            if done or stop["signal"] is not None or counter.step % config.save_every == 0:
-                save()
-            if stop["signal"] is not None:
-                break
-        if counter.step >= config.steps and not (out / "student.safetensors").is_file():
-            save()  # a rerun of a finished run (or steps=0) still leaves the student
-    finally:
-        progress.close()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    return {"step": counter.step, "steps": config.steps, "stopped_by": stop["signal"],
+    with StopOnSignal() as stop:
+        try:
+            for photo, drawing in loader:
+                photo, drawing = photo.to(accelerator.device), drawing.to(accelerator.device)
+                loss = distillation_loss(student(photo), drawing, config.edge_weight, config.line_weight)
+                optimizer.zero_grad(set_to_none=True)
+                accelerator.backward(loss)
+                optimizer.step()
+                scheduler.step()
+                counter.step += 1
+                running = running[-49:] + [loss.detach()]
+                progress.update(1)
+                if counter.step % 50 == 0 or counter.step == config.steps:
+                    mean = float(torch.stack(running).mean())
+                    progress.set_postfix(loss=f"{mean:.4f}")
+                    if accelerator.is_main_process:
+                        with metrics.open("a") as handle:
+                            handle.write(json.dumps({"step": counter.step, "loss": round(mean, 5),
+                                                     "lr": config.lr * factor(counter.step - 1),
+                                                     "seconds": round(time.time() - start_time, 1)}) + "\n")
+                done = counter.step >= config.steps
+                if done or stop.requested or counter.step % config.save_every == 0:
+                    save()
+                if stop.requested:
+                    break
+            if counter.step >= config.steps and not (out / "student.safetensors").is_file():
+                save()  # a rerun of a finished run still leaves the student
+        finally:
+            progress.close()
+    return {"step": counter.step, "steps": config.steps, "stopped_by": stop.signum,
             "loss": float(torch.stack(running).mean()) if running else None, "pairs": len(pairs), "errors": errors,
             "student": str(out / "student.safetensors")}

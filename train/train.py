@@ -14,27 +14,30 @@ import argparse
 import itertools
 import json
 import logging
-import signal
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from torchvision.utils import make_grid, save_image
 from tqdm.auto import tqdm
 
-from linedraw.checkpoint import publish_step_dir, save_generator
+from linedraw.checkpoint import save_generator
 from linedraw.config import ConfigError, TrainConfig, load_config, save_config, to_dict
 from linedraw.data.unpaired import EpochSampler, UnpairedDataset
+from linedraw.errors import LinedrawError
 from linedraw.losses.cycle import cycle_loss
 from linedraw.losses.gan import lsgan_discriminator_loss, lsgan_generator_loss
 from linedraw.models import create_model
 from linedraw.models.pool import ImagePool
+from linedraw.training.checkpoints import RunCheckpoints
+from linedraw.training.schedules import linear_decay, resync, schedule
+from linedraw.training.signals import StopOnSignal, ignore_stop_signals
+from linedraw.training.state import RunState
 
 log = logging.getLogger("linedraw.train")
 
@@ -59,51 +62,30 @@ def init_weights(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-def ignore_stop_signals(_worker_id: int) -> None:
-    """DataLoader workers ignore SIGINT/SIGTERM: the main process saves a checkpoint, then shuts them down."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-
-def lr_factor(step: int, total_steps: int, decay_start: int) -> float:
-    """Constant learning rate, then linear decay to 0 from `decay_start` to `total_steps` (the paper's schedule)."""
-    if step < decay_start:
-        return 1.0
-    return max(0.0, 1.0 - (step - decay_start) / max(1, total_steps - decay_start))
-
-
-@dataclass
-class TrainState:
-    """Where the loop is; saved with every checkpoint so a resumed run continues at the same batch."""
-
-    step: int = 0
-    epoch: int = 0
-    batch_in_epoch: int = 0
-
-    def state_dict(self) -> dict:
-        return {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        cfg: TrainConfig = load_config(args.config, args.overrides)
-    except ConfigError as err:
+        return train(load_config(args.config, args.overrides), fresh=args.fresh)
+    except LinedrawError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if cfg.optim.mixed_precision == "fp16":
-        # accelerate updates the one loss scaler after each optimizer step; this loop steps several optimizers
-        # (generators, geometry head, U-Net) off one backward pass, which fp16 loss scaling cannot do correctly.
-        print("error: optim.mixed_precision=fp16 is not supported; use bf16 (Ampere and newer GPUs)", file=sys.stderr)
-        return 2
 
+
+def train(cfg: TrainConfig, fresh: bool = False) -> int:
+    processes = PartialState()
+    logging.basicConfig(level=logging.INFO if processes.is_main_process else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # ---- data first: nothing is written before the config and the data are known to be usable ------------
+    dataset = UnpairedDataset.from_config(cfg.data)
+    w = cfg.loss
+    if w.geometry > 0 and not cfg.geometry.estimator and not any(p.target is not None for p in dataset.photos):
+        raise ConfigError("loss.geometry > 0 but no photo has a target map and geometry.estimator is not set",
+                          "geometry.estimator")
+    if len(dataset) < cfg.optim.batch_size * processes.num_processes:
+        raise ConfigError(f"optim.batch_size={cfg.optim.batch_size}: {len(dataset)} photos is fewer than one batch "
+                          f"({cfg.optim.batch_size} x {processes.num_processes} processes)", "optim.batch_size")
     out = Path(cfg.output_dir)
     accelerator = Accelerator(mixed_precision=cfg.optim.mixed_precision, log_with="tensorboard", project_dir=str(out))
-    logging.basicConfig(level=logging.INFO if accelerator.is_main_process else logging.WARNING,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
     set_seed(cfg.seed)
     if accelerator.is_main_process:
         (out / "samples").mkdir(parents=True, exist_ok=True)
@@ -115,12 +97,6 @@ def main(argv: list[str] | None = None) -> int:
         log.info("notes: %s", cfg.notes)
 
     # ---- data ----------------------------------------------------------------------------------------
-    dataset = UnpairedDataset.from_config(cfg.data)
-    per_step = cfg.optim.batch_size * accelerator.num_processes
-    if len(dataset) < per_step:
-        print(f"error: {len(dataset)} photos is fewer than one batch ({cfg.optim.batch_size} x "
-              f"{accelerator.num_processes} processes)", file=sys.stderr)
-        return 2
     sampler = EpochSampler(len(dataset.photos), len(dataset.drawings), seed=cfg.seed)
     loader = DataLoader(dataset, batch_size=cfg.optim.batch_size, sampler=sampler, drop_last=True,
                         num_workers=cfg.data.workers, persistent_workers=cfg.data.workers > 0,
@@ -130,7 +106,6 @@ def main(argv: list[str] | None = None) -> int:
              sum(p.target is not None for p in dataset.photos), len(dataset.drawings))
 
     # ---- models: only what the enabled losses need ----------------------------------------------------
-    w = cfg.loss
     m = cfg.model
     G_A = create_model("resnet_generator", in_channels=3, out_channels=1, ngf=m.ngf, n_blocks=m.n_blocks)
     G_B = create_model("resnet_generator", in_channels=1, out_channels=3, ngf=m.ngf, n_blocks=m.n_blocks) \
@@ -156,23 +131,13 @@ def main(argv: list[str] | None = None) -> int:
 
         features = FeatureExtractor(cfg.geometry.backbone, cfg.geometry.backbone_weights,
                                     tuple(cfg.geometry.out_indices)).to(accelerator.device)
-        if cfg.geometry.head_init:
-            from linedraw.models.geometry import GeometryHead
-
-            head = GeometryHead.from_safetensors(cfg.geometry.head_init, in_channels=features.channels)
-            log.info("geometry head initialised from %s", cfg.geometry.head_init)
-        else:
-            head = create_model("geometry_head", in_channels=features.channels, out_channels=1,
-                                width=cfg.geometry.head_width)
+        head = create_model("geometry_head", in_channels=features.channels, out_channels=1,
+                            width=cfg.geometry.head_width)
         if cfg.geometry.estimator:
             from linedraw.teachers.targets import build_estimator
 
             estimator = build_estimator(cfg.geometry.estimator).to(accelerator.device)
             log.info("geometry targets: map files where present, else %s (%s)", estimator.name, estimator.kind)
-        elif not any(p.target is not None for p in dataset.photos):
-            print("error: loss.geometry > 0 but no photo has a target map and geometry.estimator is not set",
-                  file=sys.stderr)
-            return 2
     if w.segmentation > 0:
         from linedraw.losses.segmentation import build_unet
 
@@ -191,7 +156,6 @@ def main(argv: list[str] | None = None) -> int:
     opt_head = torch.optim.Adam(head.parameters(), lr=cfg.geometry.lr, betas=betas) if head is not None else None
     opt_unet = torch.optim.Adam(unet.parameters(), lr=cfg.segmentation.lr, betas=betas) if unet is not None else None
     optimizers = [opt for opt in (opt_G, opt_D, opt_head, opt_unet) if opt is not None]
-    base_lrs = [[g["lr"] for g in opt.param_groups] for opt in optimizers]
 
     # prepare() wraps for DDP / mixed precision and places on the device; None stays None.
     G_A, G_B, D_A, D_B, head, unet, loader = (
@@ -212,171 +176,167 @@ def main(argv: list[str] | None = None) -> int:
         if unet is not None else None
 
     pool_A, pool_B = ImagePool(m.pool_size, seed=cfg.seed), ImagePool(m.pool_size, seed=cfg.seed + 1)
-    state = TrainState()
-    for obj in (state, pool_A, pool_B):
-        accelerator.register_for_checkpointing(obj)
+    state = RunState()
 
     steps_per_epoch = len(loader)
     total_steps = o.epochs * steps_per_epoch if o.max_steps is None else min(o.max_steps, o.epochs * steps_per_epoch)
     decay_start = round(total_steps * o.decay_epoch / o.epochs)
+    factor = linear_decay(total_steps, decay_start)
+    named_opts = {name: opt for name, opt in zip(("opt_G", "opt_D", "opt_head", "opt_unet"),
+                                                 (opt_G, opt_D, opt_head, opt_unet)) if opt is not None}
+    schedulers = {f"lr_{name}": schedule(opt.optimizer, factor) for name, opt in named_opts.items()}
     ckpt_root = out / "checkpoints"
+    nets = {name: net for name, net in (("G_A", G_A), ("G_B", G_B), ("D_A", D_A), ("D_B", D_B), ("head", head),
+                                        ("unet", unet)) if net is not None}
+    checkpoints = RunCheckpoints(ckpt_root, accelerator, state, nets,
+                                 {**named_opts, **schedulers, "pool_A": pool_A, "pool_B": pool_B}, keep=cfg.log.keep,
+                                 legacy_stateful=("pool_A", "pool_B"))
 
     # ---- resume ---------------------------------------------------------------------------------------
-    latest = ckpt_root / "latest"
-    if latest.is_file() and not args.fresh:
-        resume_dir = ckpt_root / latest.read_text().strip()
-        accelerator.load_state(str(resume_dir))
-        log.info("resumed from %s at step %d (epoch %d, batch %d)", resume_dir, state.step, state.epoch,
-                 state.batch_in_epoch)
+    if not fresh:
+        resume_dir = checkpoints.resume()
+        if resume_dir is not None:
+            log.info("resumed from %s at step %d (epoch %d, batch %d)", resume_dir, state.step, state.epoch,
+                     state.batch_in_epoch)
+    for scheduler in schedulers.values():
+        resync(scheduler, state.step)
 
     def save_checkpoint() -> None:
-        """Full state (atomically: written beside, then renamed) + G_A for conversion; keeps the newest few."""
-        name = f"step_{state.step:08d}"
-        tmp = ckpt_root / f"{name}.tmp"
-        accelerator.wait_for_everyone()
-        accelerator.save_state(str(tmp))
-        if accelerator.is_main_process:
-            generator_config = {
-                "model": "resnet_generator",
-                "kwargs": {"in_channels": 3, "out_channels": 1, "ngf": m.ngf, "n_blocks": m.n_blocks},
-                "training": {"name": cfg.name, "step": state.step, "epoch": state.epoch,
-                             "semantic_teacher": cfg.semantic.encoder if w.semantic > 0 else None,
-                             "geometry": (cfg.geometry.estimator or "target maps") if w.geometry > 0 else None,
-                             "loss_weights": to_dict(cfg)["loss"], "notes": cfg.notes},
-            }
-            save_generator(accelerator.unwrap_model(G_A), tmp / "G_A", generator_config)
-            log.info("saved %s", publish_step_dir(ckpt_root, name, cfg.log.keep))
-        accelerator.wait_for_everyone()
+        """Full state (written beside, then renamed) + G_A for conversion; keeps the newest few."""
+        generator_config = {
+            "model": "resnet_generator",
+            "kwargs": {"in_channels": 3, "out_channels": 1, "ngf": m.ngf, "n_blocks": m.n_blocks},
+            "training": {"name": cfg.name, "step": state.step, "epoch": state.epoch,
+                         "semantic_teacher": cfg.semantic.encoder if w.semantic > 0 else None,
+                         "geometry": (cfg.geometry.estimator or "target maps") if w.geometry > 0 else None,
+                         "loss_weights": to_dict(cfg)["loss"], "notes": cfg.notes},
+        }
+        saved = checkpoints.save(lambda tmp: save_generator(accelerator.unwrap_model(G_A), tmp / "G_A",
+                                                            generator_config))
+        log.info("saved %s", saved)
 
-    stop = {"signal": None}
-
-    def request_stop(signum: int, _frame) -> None:
-        stop["signal"] = signum
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
 
     # ---- the loop -------------------------------------------------------------------------------------
-    D_A_plain = accelerator.unwrap_model(D_A) if D_A is not None else None
-    D_B_plain = accelerator.unwrap_model(D_B) if D_B is not None else None
-    progress = tqdm(total=total_steps, initial=state.step, disable=not accelerator.is_main_process,
-                    desc=cfg.name, unit="step", dynamic_ncols=True)
-    running: dict[str, float] = {}
-    t_last, steps_since = time.time(), 0
-    while state.step < total_steps and stop["signal"] is None:
-        loader.set_epoch(state.epoch)
-        epoch_loader = accelerator.skip_first_batches(loader, state.batch_in_epoch) if state.batch_in_epoch else loader
-        for batch in epoch_loader:
-            factor = lr_factor(state.step, total_steps, decay_start)
-            for opt, lrs in zip(optimizers, base_lrs):
-                for group, lr in zip(opt.param_groups, lrs):
-                    group["lr"] = lr * factor
-            real_A, real_B = batch["photo"], batch["drawing"]
-            if estimator is not None and not bool(batch["has_target"].all()):
-                with torch.no_grad():
-                    missing = ~batch["has_target"]
-                    batch["target"][missing] = estimator(real_A[missing]).to(batch["target"].dtype)
-                    batch["has_target"] = torch.ones_like(batch["has_target"])
+    with StopOnSignal() as stop:
+        D_A_plain = accelerator.unwrap_model(D_A) if D_A is not None else None
+        D_B_plain = accelerator.unwrap_model(D_B) if D_B is not None else None
+        progress = tqdm(total=total_steps, initial=state.step, disable=not accelerator.is_main_process,
+                        desc=cfg.name, unit="step", dynamic_ncols=True)
+        running: dict[str, float] = {}
+        t_last, steps_since = time.time(), 0
+        while state.step < total_steps and not stop.requested:
+            loader.set_epoch(state.epoch)
+            epoch_loader = accelerator.skip_first_batches(loader, state.batch_in_epoch) if state.batch_in_epoch else loader
+            for batch in epoch_loader:
+                lr = o.lr * factor(state.step)
+                real_A, real_B = batch["photo"], batch["drawing"]
+                if estimator is not None and not bool(batch["has_target"].all()):
+                    with torch.no_grad():
+                        missing = ~batch["has_target"]
+                        batch["target"][missing] = estimator(real_A[missing]).to(batch["target"].dtype)
+                        batch["has_target"] = torch.ones_like(batch["has_target"])
 
-            # -- generators (+ geometry head and U-Net, which learn from the same loss) --
-            for d in discriminators:
-                d.requires_grad_(False)
-            with accelerator.autocast():
-                fake_B = G_A(real_A)
-                terms: dict[str, torch.Tensor] = {}
-                if G_B is not None:
-                    rec_A = G_B(fake_B)
-                    fake_A = G_B(real_B)
-                    rec_B = G_A(fake_A)
-                    terms["cycle"] = cycle_loss(rec_A, real_A) + cycle_loss(rec_B, real_B)
-                if D_B_plain is not None:
-                    terms["gan"] = lsgan_generator_loss(D_B_plain(fake_B))
-                    if D_A_plain is not None:
-                        terms["gan"] = terms["gan"] + lsgan_generator_loss(D_A_plain(fake_A))
-                if semantic_loss is not None:
-                    terms["semantic"] = semantic_loss(fake_B, real_A)
-                if geometry_loss is not None:
-                    terms["geometry"] = geometry_loss(fake_B, batch["target"], batch["has_target"])
-                if segmentation_loss is not None:
-                    terms["segmentation"] = segmentation_loss(fake_B, batch["mask"], batch["has_mask"])
-                loss_G = sum(getattr(w, k) * v for k, v in terms.items())
-            accelerator.backward(loss_G)
-            for opt, nets in ((opt_G, generators), (opt_head, [head]), (opt_unet, [unet])):
-                if opt is None:
-                    continue
-                if o.grad_clip:
-                    accelerator.clip_grad_norm_(itertools.chain(*(n.parameters() for n in nets)), o.grad_clip)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-
-            # -- discriminators: real vs (pooled) fake, LSGAN --
-            if opt_D is not None:
+                # -- generators (+ geometry head and U-Net, which learn from the same loss) --
                 for d in discriminators:
-                    d.requires_grad_(True)
+                    d.requires_grad_(False)
                 with accelerator.autocast():
-                    loss_D = lsgan_discriminator_loss(D_B(real_B), D_B(pool_B.query(fake_B.detach())))
-                    if D_A is not None:
-                        loss_D = loss_D + lsgan_discriminator_loss(D_A(real_A), D_A(pool_A.query(fake_A.detach())))
-                accelerator.backward(loss_D)
-                opt_D.step()
-                opt_D.zero_grad(set_to_none=True)
-                terms["D"] = loss_D
+                    fake_B = G_A(real_A)
+                    terms: dict[str, torch.Tensor] = {}
+                    if G_B is not None:
+                        rec_A = G_B(fake_B)
+                        fake_A = G_B(real_B)
+                        rec_B = G_A(fake_A)
+                        terms["cycle"] = cycle_loss(rec_A, real_A) + cycle_loss(rec_B, real_B)
+                    if D_B_plain is not None:
+                        terms["gan"] = lsgan_generator_loss(D_B_plain(fake_B))
+                        if D_A_plain is not None:
+                            terms["gan"] = terms["gan"] + lsgan_generator_loss(D_A_plain(fake_A))
+                    if semantic_loss is not None:
+                        terms["semantic"] = semantic_loss(fake_B, real_A)
+                    if geometry_loss is not None:
+                        terms["geometry"] = geometry_loss(fake_B, batch["target"], batch["has_target"])
+                    if segmentation_loss is not None:
+                        terms["segmentation"] = segmentation_loss(fake_B, batch["mask"], batch["has_mask"])
+                    loss_G = sum(getattr(w, k) * v for k, v in terms.items())
+                accelerator.backward(loss_G)
+                for opt, nets in ((opt_G, generators), (opt_head, [head]), (opt_unet, [unet])):
+                    if opt is None:
+                        continue
+                    if o.grad_clip:
+                        accelerator.clip_grad_norm_(itertools.chain(*(n.parameters() for n in nets)), o.grad_clip)
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
+                    schedulers[f"lr_{next(k for k, v in named_opts.items() if v is opt)}"].step()
 
-            state.step += 1
-            state.batch_in_epoch += 1
-            steps_since += 1
-            progress.update(1)
+                # -- discriminators: real vs (pooled) fake, LSGAN --
+                if opt_D is not None:
+                    for d in discriminators:
+                        d.requires_grad_(True)
+                    with accelerator.autocast():
+                        loss_D = lsgan_discriminator_loss(D_B(real_B), D_B(pool_B.query(fake_B.detach())))
+                        if D_A is not None:
+                            loss_D = loss_D + lsgan_discriminator_loss(D_A(real_A), D_A(pool_A.query(fake_A.detach())))
+                    accelerator.backward(loss_D)
+                    opt_D.step()
+                    opt_D.zero_grad(set_to_none=True)
+                    schedulers["lr_opt_D"].step()
+                    terms["D"] = loss_D
 
-            values = {k: v.detach().float() for k, v in terms.items()}
-            values["G_total"] = loss_G.detach().float()
-            if not all(torch.isfinite(v) for v in values.values()):
-                bad = {k: float(v) for k, v in values.items()}
-                print(f"error: non-finite loss at step {state.step}: {bad}; stopping without saving this state "
-                      f"(the last checkpoint in {ckpt_root} is intact)", file=sys.stderr)
-                accelerator.end_training()
-                return 1
-            for k, v in values.items():
-                running[k] = running.get(k, 0.0) + float(v)
+                state.step += 1
+                state.batch_in_epoch += 1
+                steps_since += 1
+                progress.update(1)
 
-            if state.step % cfg.log.every == 0 or state.step == total_steps:
-                means = {k: v / steps_since for k, v in running.items()}
-                means = {k: float(accelerator.reduce(torch.tensor(v, device=accelerator.device), "mean"))
-                         for k, v in sorted(means.items())}
-                now = time.time()
-                means["sec_per_step"] = (now - t_last) / steps_since
-                means["lr"] = o.lr * factor
-                accelerator.log({f"loss/{k}" if k not in ("sec_per_step", "lr") else k: v
-                                 for k, v in means.items()}, step=state.step)
-                if accelerator.is_main_process:
-                    with open(out / "metrics.jsonl", "a") as f:
-                        f.write(json.dumps({"step": state.step, "epoch": state.epoch, **means}) + "\n")
-                progress.set_postfix({k: f"{v:.3g}" for k, v in means.items() if k != "lr"})
-                running, t_last, steps_since = {}, now, 0
+                values = {k: v.detach().float() for k, v in terms.items()}
+                values["G_total"] = loss_G.detach().float()
+                if not all(torch.isfinite(v) for v in values.values()):
+                    bad = {k: float(v) for k, v in values.items()}
+                    print(f"error: non-finite loss at step {state.step}: {bad}; stopping without saving this state "
+                          f"(the last checkpoint in {ckpt_root} is intact)", file=sys.stderr)
+                    accelerator.end_training()
+                    return 1
+                for k, v in values.items():
+                    running[k] = running.get(k, 0.0) + float(v)
 
-            if (state.step % cfg.log.images_every == 0 or state.step == total_steps) \
-                    and accelerator.is_main_process:
-                n = min(4, real_A.shape[0])
-                grid = make_grid(torch.cat([real_A[:n].float(), fake_B[:n].detach().float().expand(-1, 3, -1, -1),
-                                            real_B[:n].float().expand(-1, 3, -1, -1)]), nrow=n)
-                save_image(grid, out / "samples" / f"step_{state.step:08d}.png")
-                accelerator.get_tracker("tensorboard", unwrap=True).add_image("photo|drawing|real drawing", grid,
-                                                                               state.step)
+                if state.step % cfg.log.every == 0 or state.step == total_steps:
+                    means = {k: v / steps_since for k, v in running.items()}
+                    means = {k: float(accelerator.reduce(torch.tensor(v, device=accelerator.device), "mean"))
+                             for k, v in sorted(means.items())}
+                    now = time.time()
+                    means["sec_per_step"] = (now - t_last) / steps_since
+                    means["lr"] = lr
+                    accelerator.log({f"loss/{k}" if k not in ("sec_per_step", "lr") else k: v
+                                     for k, v in means.items()}, step=state.step)
+                    if accelerator.is_main_process:
+                        with open(out / "metrics.jsonl", "a") as f:
+                            f.write(json.dumps({"step": state.step, "epoch": state.epoch, **means}) + "\n")
+                    progress.set_postfix({k: f"{v:.3g}" for k, v in means.items() if k != "lr"})
+                    running, t_last, steps_since = {}, now, 0
 
-            if state.step % cfg.log.save_every == 0 or state.step == total_steps or stop["signal"] is not None:
-                save_checkpoint()
-            if state.step >= total_steps or stop["signal"] is not None:
-                break
-        else:
-            state.epoch += 1
-            state.batch_in_epoch = 0
+                if (state.step % cfg.log.images_every == 0 or state.step == total_steps) \
+                        and accelerator.is_main_process:
+                    n = min(4, real_A.shape[0])
+                    grid = make_grid(torch.cat([real_A[:n].float(), fake_B[:n].detach().float().expand(-1, 3, -1, -1),
+                                                real_B[:n].float().expand(-1, 3, -1, -1)]), nrow=n)
+                    save_image(grid, out / "samples" / f"step_{state.step:08d}.png")
+                    accelerator.get_tracker("tensorboard", unwrap=True).add_image("photo|drawing|real drawing", grid,
+                                                                                   state.step)
 
-    progress.close()
-    accelerator.end_training()
-    if stop["signal"] is not None:
-        log.info("stopped by signal %d at step %d; run the same command to resume", stop["signal"], state.step)
-        return 128 + stop["signal"]
-    log.info("done: %d steps; G_A for conversion: %s", state.step, ckpt_root / latest.read_text().strip())
-    return 0
+                if state.step % cfg.log.save_every == 0 or state.step == total_steps or stop.requested:
+                    save_checkpoint()
+                if state.step >= total_steps or stop.requested:
+                    break
+            else:
+                state.epoch += 1
+                state.batch_in_epoch = 0
+
+        progress.close()
+        accelerator.end_training()
+        if stop.requested:
+            log.info("stopped by signal %d at step %d; run the same command to resume", stop.signum, state.step)
+            return 128 + stop.signum
+        log.info("done: %d steps; G_A for conversion: %s", state.step, checkpoints.latest())
+        return 0
 
 
 if __name__ == "__main__":
