@@ -2,10 +2,22 @@
 
 A config file names every teacher and data source explicitly, so a log or model card can always say what a
 run used (e.g. the offline EfficientNet-Lite0 stand-in instead of CLIP). Unknown keys are errors, not ignored.
+Every value is type- and range-checked when the config is built (`load_config`), so a bad value fails before a
+run folder exists, with a `ConfigError` naming the key and the file (or the override).
+
+Paths: a relative `data.root` written in a config file is resolved from that file's folder, so a config named by
+path works from any working directory; `data.root` given as an override (`data.root=...`) is resolved from the
+current directory, as a user typing it means. The resolved config holds an absolute `data.root`; the data
+source paths (`data.photos`, `data.drawings`, their masks, targets and exclude lists) are relative to it.
+`output_dir` and weights files named in teacher specs stay relative to the current directory.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +45,7 @@ class DrawingSource:
 
 @dataclass
 class DataConfig:
-    root: str = "../shared/data"  # relative source paths are resolved against this; itself relative to the working dir
+    root: str = "."  # relative source paths are resolved against this; itself relative to the config file's folder
     photos: list[PhotoSource] = field(default_factory=list)
     drawings: list[DrawingSource] = field(default_factory=list)
     size: int = 256  # square training crop
@@ -79,7 +91,6 @@ class GeometryConfig:
     backbone_weights: str | None = "efficientnet-lite0"
     out_indices: tuple[int, ...] = (1, 2, 3)
     head_width: int = 64
-    head_init: str | None = None  # safetensors file to start the head from
     kind: str = "l1"  # "l1" (paper) or "bce"
     lr: float = 2e-4
 
@@ -104,7 +115,7 @@ class OptimConfig:
     epochs: int = 100
     decay_epoch: int = 50  # linear decay to 0 from this epoch to the end
     max_steps: int | None = None  # stop after this many optimizer steps (overrides epochs when smaller)
-    mixed_precision: str = "no"  # "no" | "fp16" | "bf16" (passed to accelerate)
+    mixed_precision: str = "no"  # "no" | "bf16" (passed to accelerate; fp16 is refused, see validate)
     grad_clip: float | None = None
 
 
@@ -133,44 +144,88 @@ class TrainConfig:
 
 
 class ConfigError(LinedrawError, ValueError):
-    """A config file or override that does not match TrainConfig."""
+    """A config file or override that does not match TrainConfig; `key` is the dotted key at fault, if one is."""
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+#: Keys that existed once and were removed, with what to do instead.
+_REMOVED = {
+    "geometry.head_init": "it was removed (nothing writes a head file to start from; the geometry head always "
+                          "starts fresh): delete it from the config",
+}
+_SOURCE_LISTS = {(DataConfig, "photos"): PhotoSource, (DataConfig, "drawings"): DrawingSource}
+
+
+def _check_type(value: Any, hint: Any, key: str) -> Any:
+    """`value` as the field type `hint` (int, float, bool, str, X | None, list/tuple of those), else ConfigError."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _check_type(value, inner, key)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}", key)
+        items = [_check_type(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if hint is bool and not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true or false, got {value!r}", key)
+    if hint is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{key}: expected a whole number, got {value!r}", key)
+    if hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads 2e-4 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"{key}: expected a number, got {value!r}", key)
+        return float(value)
+    if hint is str and not isinstance(value, str):
+        raise ConfigError(f"{key}: expected a string, got {value!r}", key)
+    return value
 
 
 def _build(cls: type, values: Any, where: str) -> Any:
-    """Recursively turn plain YAML values into the dataclass `cls`, rejecting unknown keys."""
-    if not dataclasses.is_dataclass(cls):
-        return values
+    """Recursively turn plain YAML values into the dataclass `cls`, type-checking them and rejecting unknown keys."""
     if not isinstance(values, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(values).__name__}")
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {values!r}", where or None)
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    prefix = f"{where}." if where else ""
+    for name in values:
+        if f"{prefix}{name}" in _REMOVED:
+            raise ConfigError(f"{prefix}{name}: {_REMOVED[prefix + name]}", prefix + name)
     unknown = set(values) - set(fields)
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(fields)}")
+        raise ConfigError(f"{where or 'config'}: unknown key(s) {sorted(unknown)}; allowed: {sorted(fields)}",
+                          f"{prefix}{sorted(unknown)[0]}")
     kwargs = {}
-    hints = {f.name: f.type for f in dataclasses.fields(cls)}
     for name, value in values.items():
-        hint = hints[name]
+        key = f"{prefix}{name}"
         sub = _SOURCE_LISTS.get((cls, name))
         if sub is not None:
             if not isinstance(value, list):
-                raise ConfigError(f"{where}.{name}: expected a list")
-            kwargs[name] = [_build(sub, v if isinstance(v, dict) else {"path": v}, f"{where}.{name}[{i}]")
+                raise ConfigError(f"{key}: expected a list of folders, got {value!r}", key)
+            kwargs[name] = [_build(sub, v if isinstance(v, dict) else {"path": v}, f"{key}[{i}]")
                             for i, v in enumerate(value)]
-        elif isinstance(fields[name].default_factory, type) and dataclasses.is_dataclass(fields[name].default_factory):
-            kwargs[name] = _build(fields[name].default_factory, value, f"{where}.{name}")
-        elif "tuple" in str(hint) and isinstance(value, list):
-            kwargs[name] = tuple(value)
+        elif dataclasses.is_dataclass(hints[name]):
+            kwargs[name] = _build(hints[name], value, key)
         else:
-            kwargs[name] = value
+            kwargs[name] = _check_type(value, hints[name], key)
     return cls(**kwargs)
-
-
-_SOURCE_LISTS = {(DataConfig, "photos"): PhotoSource, (DataConfig, "drawings"): DrawingSource}
 
 
 def _parse_scalar(text: str) -> Any:
     """Parse an override value the way YAML would (numbers, booleans, null, lists)."""
-    return yaml.safe_load(text)
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text  # not YAML on its own (e.g. "a: b"): the type check says what was expected
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
@@ -189,55 +244,117 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
-def validate(cfg: TrainConfig) -> None:
-    """Raise ConfigError for settings that cannot work, before any model is built."""
-    if cfg.data.size % 4:
-        raise ConfigError(f"data.size={cfg.data.size} must be a multiple of 4 (the generator downsamples twice)")
-    from linedraw.models.augment import parse_policy
-    from linedraw.models.generator import UPSAMPLE_MODES
+#: Lower bounds checked by `validate`, by dotted key (None values of optional keys are allowed).
+_AT_LEAST = {
+    "seed": 0,
+    "data.size": 8, "data.load_size": 8, "data.workers": 0,
+    "model.ngf": 1, "model.n_blocks": 0, "model.ndf": 1, "model.n_layers_d": 1, "model.pool_size": 0,
+    "semantic.patches": 0, "semantic.patch_size": 8,
+    "geometry.head_width": 1, "segmentation.num_classes": 1, "segmentation.encoder_depth": 1,
+    "optim.batch_size": 1, "optim.epochs": 1, "optim.decay_epoch": 0, "optim.max_steps": 1,
+    "log.every": 1, "log.images_every": 1, "log.save_every": 1, "log.keep": 1,
+}
+_POSITIVE = ("optim.lr", "geometry.lr", "segmentation.lr", "optim.grad_clip")
+_CHOICES = {"semantic.distance": ("mse", "cosine"), "geometry.kind": ("l1", "bce"),
+            "optim.mixed_precision": ("no", "bf16")}
 
-    if cfg.model.upsample not in UPSAMPLE_MODES:
-        raise ConfigError(f"model.upsample={cfg.model.upsample!r} must be one of {', '.join(UPSAMPLE_MODES)}")
-    if not isinstance(cfg.model.diffaugment, str):
-        raise ConfigError(f"model.diffaugment={cfg.model.diffaugment!r} must be a string such as "
-                          f"'color,translation,cutout' ('' turns DiffAugment off)")
-    try:
-        parse_policy(cfg.model.diffaugment)
-    except ValueError as exc:
-        raise ConfigError(f"model.diffaugment: {exc}") from None
-    if cfg.data.load_size < cfg.data.size:
-        raise ConfigError(f"data.load_size={cfg.data.load_size} must be >= data.size={cfg.data.size}")
-    if not cfg.data.photos or not cfg.data.drawings:
-        raise ConfigError("data.photos and data.drawings must each name at least one folder")
+
+def _get(cfg: TrainConfig, key: str) -> Any:
+    value: Any = cfg
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Raise ConfigError (naming the key) for values out of range and settings that cannot work, before any model
+    is built."""
+    for key, low in _AT_LEAST.items():
+        value = _get(cfg, key)
+        if value is not None and value < low:
+            raise ConfigError(f"{key}={value} must be at least {low}", key)
+    for key in _POSITIVE:
+        value = _get(cfg, key)
+        if value is not None and value <= 0:
+            raise ConfigError(f"{key}={value} must be positive", key)
     for name, value in dataclasses.asdict(cfg.loss).items():
         if value < 0:
-            raise ConfigError(f"loss.{name}={value} must be >= 0")
-    if cfg.semantic.distance not in ("mse", "cosine"):
-        raise ConfigError(f"semantic.distance={cfg.semantic.distance!r} must be 'mse' or 'cosine'")
-    if cfg.geometry.kind not in ("l1", "bce"):
-        raise ConfigError(f"geometry.kind={cfg.geometry.kind!r} must be 'l1' or 'bce'")
-    if cfg.optim.mixed_precision not in ("no", "fp16", "bf16"):
-        raise ConfigError(f"optim.mixed_precision={cfg.optim.mixed_precision!r} must be no, fp16 or bf16")
+            raise ConfigError(f"loss.{name}={value} must be >= 0", f"loss.{name}")
+    for key in ("optim.beta1", "optim.beta2"):
+        if not 0 <= _get(cfg, key) < 1:
+            raise ConfigError(f"{key}={_get(cfg, key)} must be in [0, 1)", key)
+    for key, values in (("geometry.out_indices", cfg.geometry.out_indices),
+                        ("segmentation.decoder_channels", cfg.segmentation.decoder_channels)):
+        if not values or min(values) < (0 if key == "geometry.out_indices" else 1):
+            raise ConfigError(f"{key}={list(values)} must be a non-empty list of "
+                              f"{'indices >= 0' if key == 'geometry.out_indices' else 'positive sizes'}", key)
+    if cfg.optim.mixed_precision == "fp16":
+        # accelerate updates the one loss scaler after each optimizer step; this loop steps several optimizers
+        # (generators, geometry head, U-Net) off one backward pass, which fp16 loss scaling cannot do correctly.
+        raise ConfigError("optim.mixed_precision='fp16' is not supported (one loss scaler cannot serve the several "
+                          "optimizers stepped off one backward pass); use 'bf16' (Ampere and newer GPUs) or 'no'",
+                          "optim.mixed_precision")
+    for key, allowed in _CHOICES.items():
+        if _get(cfg, key) not in allowed:
+            raise ConfigError(f"{key}={_get(cfg, key)!r} must be one of {', '.join(map(repr, allowed))}", key)
+    if cfg.data.size % 4:
+        raise ConfigError(f"data.size={cfg.data.size} must be a multiple of 4 (the generator downsamples twice)",
+                          "data.size")
+    if cfg.data.load_size < cfg.data.size:
+        raise ConfigError(f"data.load_size={cfg.data.load_size} must be >= data.size={cfg.data.size}",
+                          "data.load_size")
+    if not cfg.data.photos or not cfg.data.drawings:
+        raise ConfigError("data.photos and data.drawings must each name at least one folder", "data.photos")
     if cfg.optim.decay_epoch > cfg.optim.epochs:
-        raise ConfigError(f"optim.decay_epoch={cfg.optim.decay_epoch} is after optim.epochs={cfg.optim.epochs}")
-    if cfg.loss.gan == 0 and cfg.loss.cycle == 0 and cfg.loss.semantic == 0 and cfg.loss.geometry == 0 \
-            and cfg.loss.segmentation == 0:
-        raise ConfigError("every loss weight is 0: nothing to train")
+        raise ConfigError(f"optim.decay_epoch={cfg.optim.decay_epoch} is after optim.epochs={cfg.optim.epochs}",
+                          "optim.decay_epoch")
+    if not any(dataclasses.asdict(cfg.loss).values()):
+        raise ConfigError("every loss weight is 0: nothing to train", "loss")
+
+
+def _read_yaml(path: Path) -> dict:
+    """The config file as a dict; a file that is missing or not YAML is a ConfigError naming it (and the line)."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{path}:{where}: not valid YAML ({problem})") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot be read ({err})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    return raw
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
-    """Read a YAML config (or start from defaults when `path` is None), apply overrides, validate."""
-    raw: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found")
-        raw = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: top level must be a mapping")
-    raw = apply_overrides(raw, overrides or [])
-    cfg = _build(TrainConfig, raw, str(path) if path else "config")
-    validate(cfg)
+    """Read a YAML config (or start from defaults when `path` is None), apply overrides, check every value.
+
+    A relative `data.root` resolves from the config file's folder, or from the current directory when it comes
+    from an override or there is no file (see the module docstring). Errors name the key and the file/override."""
+    overrides = list(overrides or [])
+    path = Path(path) if path is not None else None
+    raw = _read_yaml(path) if path is not None else {}
+    raw = apply_overrides(raw, overrides)
+    overridden = {item.split("=", 1)[0].strip(): item for item in overrides}
+    try:
+        cfg = _build(TrainConfig, raw, "")
+        validate(cfg)
+    except ConfigError as err:
+        key = err.key or ""
+        source = next((f"override {item!r}" for k, item in overridden.items()
+                       if key == k or key.startswith(k + ".") or key.startswith(k + "[")), None)
+        if source is None:
+            source = str(path) if path is not None else "config"
+        raise ConfigError(f"{source}: {err}", err.key) from None
+    root = Path(cfg.data.root).expanduser()
+    if not root.is_absolute():
+        base = path.parent if path is not None and "data.root" not in overridden else Path.cwd()
+        root = base / root
+    cfg.data.root = str(Path(os.path.normpath(root.absolute())))
     return cfg
 
 
@@ -251,4 +368,6 @@ def to_dict(cfg: TrainConfig) -> dict:
 
 def save_config(cfg: TrainConfig, path: str | Path) -> None:
     """Write the resolved config as YAML, so a run folder records exactly what it ran."""
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    from linedraw.images import write_text_atomic
+
+    write_text_atomic(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

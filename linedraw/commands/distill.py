@@ -4,7 +4,54 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
+from pathlib import Path
+
+from linedraw.errors import UsageError
+
+
+def _whole(low: int):
+    """argparse type: a whole number >= low (argparse names the flag in its error)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _student_spec(text: str) -> dict:
+    """`--student`: JSON text, or the path of a JSON file; errors name the flag (and the file)."""
+    source = "--student"
+    if not text.lstrip().startswith("{") and Path(text).is_file():
+        source = f"--student {text}"
+        try:
+            text = Path(text).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise UsageError(f"{source}: cannot be read ({err})") from None
+    try:
+        student = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UsageError(f"{source}: not valid JSON ({err})") from None
+    if not isinstance(student, dict) or "model" not in student:
+        raise UsageError(f'{source}: must be a JSON object with a "model" key')
+    return student
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -22,53 +69,49 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("-o", "--output", required=True, help="run folder (pairs, state, metrics, student)")
     parser.add_argument("--teacher", default=defaults.teacher, help="teacher checkpoint name or path (default: contour)")
     parser.add_argument("--student", default=json.dumps(DEFAULT_STUDENT),
-                        help='student architecture as JSON {"model": ..., "kwargs": {...}} (default: %(default)s)')
+                        help='student architecture as JSON {"model": ..., "kwargs": {...}}, or a .json file holding '
+                             'it (default: %(default)s)')
     parser.add_argument("--sizes", type=int, nargs="+", default=None,
                         help="short sides the teacher draws the photos at (default: the teacher's inference size)")
-    parser.add_argument("--crop", type=int, default=defaults.crop, help="training crop, px (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="crops per step and process")
-    parser.add_argument("--steps", type=int, default=defaults.steps)
-    parser.add_argument("--lr", type=float, default=defaults.lr)
-    parser.add_argument("--warmup", type=int, default=defaults.warmup, help="warm-up steps before cosine decay")
+    parser.add_argument("--crop", type=_whole(16), default=defaults.crop,
+                        help="training crop, px, a multiple of 4 (default: %(default)s)")
+    parser.add_argument("--batch-size", type=_whole(1), default=defaults.batch_size,
+                        help="crops per step and process (default: %(default)s)")
+    parser.add_argument("--steps", type=_whole(1), default=defaults.steps,
+                        help="optimizer steps in all (default: %(default)s)")
+    parser.add_argument("--lr", type=_positive_float, default=defaults.lr,
+                        help="peak AdamW learning rate, after the warm-up (default: %(default)s)")
+    parser.add_argument("--warmup", type=_whole(0), default=defaults.warmup,
+                        help="warm-up steps before cosine decay (default: %(default)s)")
     parser.add_argument("--edge-weight", type=float, default=defaults.edge_weight,
                         help="weight of the Sobel-gradient L1 term (0 = plain L1)")
     parser.add_argument("--line-weight", type=float, default=defaults.line_weight,
                         help="extra L1 weight on the teacher's line pixels, so unsure strokes stay dark rather than "
                              "fade (0 = plain L1; default: %(default)s)")
-    parser.add_argument("--save-every", type=int, default=defaults.save_every, help="steps between resume points")
-    parser.add_argument("--workers", type=int, default=defaults.workers, help="data-loading processes")
-    parser.add_argument("--device", default=defaults.device, help="auto or cpu (accelerate picks the GPU)")
+    parser.add_argument("--save-every", type=_whole(1), default=defaults.save_every,
+                        help="steps between resume points (default: %(default)s)")
+    parser.add_argument("--workers", type=_whole(0), default=defaults.workers,
+                        help="data-loading processes (default: %(default)s)")
+    parser.add_argument("--device", default=defaults.device, choices=("auto", "cpu"),
+                        help="auto or cpu (accelerate picks the GPU)")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Handle `linedraw distill`: 0 when done, 1 when some photos were unreadable, 2 on bad options, 128+N on signal N."""
-    from linedraw.checkpoint import CheckpointError
     from linedraw.distill import DistillConfig, distill
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        student = json.loads(args.student)
-        if not isinstance(student, dict) or "model" not in student:
-            raise ValueError('--student must be a JSON object with a "model" key')
-    except ValueError as err:
-        print(f"error: --student: {err}", file=sys.stderr)
-        return 2
-    for name in ("steps", "batch_size", "save_every"):
-        if getattr(args, name) < 1:
-            print(f"error: --{name.replace('_', '-')} must be at least 1", file=sys.stderr)
-            return 2
+    student = _student_spec(args.student)
+    if args.crop % 4:
+        raise UsageError(f"--crop {args.crop}: must be a multiple of 4")
     config = DistillConfig(photos=args.photos, output_dir=args.output, teacher=args.teacher, student=student,
                            sizes=args.sizes, crop=args.crop, batch_size=args.batch_size, steps=args.steps,
                            lr=args.lr, warmup=args.warmup, edge_weight=args.edge_weight, line_weight=args.line_weight,
                            save_every=args.save_every,
                            workers=args.workers, device=args.device, seed=args.seed)
-    try:
-        summary = distill(config)
-    except (CheckpointError, FileNotFoundError, ValueError, KeyError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    summary = distill(config)
     for line in summary["errors"]:
         print(f"failed: {line}", file=sys.stderr)
     if summary["stopped_by"] is not None:

@@ -18,12 +18,17 @@ from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
 from linedraw.config import DataConfig
+from linedraw.errors import LinedrawError
 from linedraw.images import ImageError, list_images, open_image
 
 log = logging.getLogger(__name__)
 
 MASK_SUFFIXES = (".png",)
 TARGET_SUFFIXES = (".png", ".npy")
+
+
+class DataError(LinedrawError, FileNotFoundError):
+    """A data folder or list the config names that is missing or holds no images; the message names it."""
 
 
 @dataclass(frozen=True)
@@ -33,7 +38,9 @@ class PhotoItem:
     target: Path | None = None
 
 
-def _by_stem(folder: Path, suffixes: tuple[str, ...]) -> dict[str, Path]:
+def _by_stem(folder: Path, suffixes: tuple[str, ...], key: str) -> dict[str, Path]:
+    if not folder.is_dir():
+        raise DataError(f"{folder}: no such folder ({key})")
     return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in suffixes}
 
 
@@ -42,35 +49,41 @@ def _resolve(root: Path, path: str) -> Path:
     return p if p.is_absolute() else root / p
 
 
-def _read_ids(path: Path) -> set[str]:
-    return {line.strip() for line in path.read_text().splitlines() if line.strip()}
+def _read_ids(path: Path, key: str) -> set[str]:
+    try:
+        return {line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()}
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: cannot read the held-out ids ({key}): {err.strerror or err}") from None
 
 
 def collect_sources(cfg: DataConfig) -> tuple[list[PhotoItem], list[Path]]:
     """List every photo (with its mask/target, matched by stem) and drawing the config names; no silent caps."""
     root = Path(cfg.root)
     photos: list[PhotoItem] = []
-    for src in cfg.photos:
+    for i, src in enumerate(cfg.photos):
         folder = _resolve(root, src.path)
         files = [p for p, _ in list_images([folder])] if folder.is_dir() else []
         if not files:
-            raise FileNotFoundError(f"{folder}: no photos found (data.photos entry {src.path!r}, data.root={root})")
-        masks = _by_stem(_resolve(root, src.masks), MASK_SUFFIXES) if src.masks else {}
-        targets = _by_stem(_resolve(root, src.targets), TARGET_SUFFIXES) if src.targets else {}
+            raise DataError(f"{folder}: {'no photos found' if folder.is_dir() else 'no such folder'} "
+                            f"(data.photos entry {src.path!r}, data.root={root})")
+        key = f"data.photos[{i}]"
+        masks = _by_stem(_resolve(root, src.masks), MASK_SUFFIXES, f"{key}.masks") if src.masks else {}
+        targets = _by_stem(_resolve(root, src.targets), TARGET_SUFFIXES, f"{key}.targets") if src.targets else {}
         photos += [PhotoItem(p, masks.get(p.stem), targets.get(p.stem)) for p in files]
         log.info("photos %s: %d (%d with masks, %d with targets)", folder, len(files),
                  sum(p.stem in masks for p in files), sum(p.stem in targets for p in files))
     drawings: list[Path] = []
-    for src in cfg.drawings:
+    for i, src in enumerate(cfg.drawings):
         folder = _resolve(root, src.path)
         files = [p for p, _ in list_images([folder])] if folder.is_dir() else []
         if src.exclude:
-            held_out = _read_ids(_resolve(root, src.exclude))
+            held_out = _read_ids(_resolve(root, src.exclude), f"data.drawings[{i}].exclude")
             kept = [p for p in files if p.stem not in held_out and p.stem.split("_")[0] not in held_out]
             log.info("drawings %s: %d held out by %s", folder, len(files) - len(kept), src.exclude)
             files = kept
         if not files:
-            raise FileNotFoundError(f"{folder}: no drawings found (data.drawings entry {src.path!r})")
+            raise DataError(f"{folder}: {'no drawings found' if folder.is_dir() else 'no such folder'} "
+                            f"(data.drawings entry {src.path!r}, data.root={root})")
         drawings += files
         log.info("drawings %s: %d", folder, len(files))
     return photos, drawings
