@@ -70,3 +70,16 @@ def test_epoch_sampler_is_a_function_of_seed_and_epoch():
     s.set_epoch(3)
     assert list(s) != first
     assert list(EpochSampler(10, 4, seed=4)) != list(EpochSampler(10, 4, seed=3))
+
+
+def test_missing_data_folders_are_user_errors_naming_folder_and_key(folders):
+    from linedraw.errors import LinedrawError
+
+    cfg = _cfg(folders)
+    cfg.photos = [PhotoSource("photos", masks="nomasks")]
+    with pytest.raises(LinedrawError, match=r"nomasks.*data\.photos\[0\]\.masks"):
+        collect_sources(cfg)
+    cfg = _cfg(folders)
+    cfg.drawings = [DrawingSource("drawings", exclude="missing.txt")]
+    with pytest.raises(LinedrawError, match=r"missing\.txt.*data\.drawings\[0\]\.exclude"):
+        collect_sources(cfg)

@@ -198,3 +198,54 @@ def test_eval_agreement_cli_compares_folders(tmp_path, capsys):
     assert scores["count"] == 1 and scores["line_iou"] == 0.0 and scores["agreement"] == pytest.approx(0.75)
     assert main(["eval", "agreement", str(tmp_path / "a"), str(tmp_path / "missing")]) == 2
     assert "missing" in capsys.readouterr().err
+
+
+class _Payload:
+    """Unpickling this creates `marker` (stands in for any code a planted pickle could run)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_resume_refuses_a_planted_pickle_naming_it(tmp_path, photos, teacher):
+    from linedraw.errors import LinedrawError
+
+    out = tmp_path / "run"
+    distill(_config(photos, teacher, out, steps=2, save_every=2), show_progress=False)
+    state_dir = out / "state" / (out / "state" / "latest").read_text().strip()
+    marker = tmp_path / "pwned"
+    for name in ("custom_checkpoint_0.pkl", "training.pt"):
+        torch.save({"step": _Payload(marker)}, state_dir / name)
+    (state_dir / "run.json").unlink(missing_ok=True)  # the accelerate layout: custom_checkpoint_0.pkl is read
+    with pytest.raises(LinedrawError, match="custom_checkpoint_0.pkl"):
+        distill(_config(photos, teacher, out, steps=4, save_every=2), show_progress=False)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("flag, value", [("--steps", "-5"), ("--lr", "fast"), ("--lr", "0"), ("--batch-size", "0")])
+def test_distill_cli_checks_numbers_up_front_naming_the_flag(tmp_path, photos, teacher, capsys, flag, value):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["distill", str(photos), "-o", str(tmp_path / "o"), "--teacher", str(teacher), flag, value])
+    assert exit_info.value.code == 2 and flag in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_distill_config_checks_numbers_naming_the_argument(tmp_path, photos, teacher):
+    from linedraw.errors import UsageError
+
+    for name, value in (("steps", -5), ("lr", 0.0), ("batch_size", 0), ("crop", 30)):
+        with pytest.raises(UsageError, match=name):
+            distill(_config(photos, teacher, tmp_path / "o", **{name: value}), show_progress=False)
+    assert not (tmp_path / "o").exists()
+
+
+def test_student_json_that_does_not_parse_is_one_line_naming_the_file(tmp_path, photos, teacher, capsys):
+    spec = tmp_path / "student.json"
+    spec.write_text('{"model": "fast_generator", ')
+    assert main(["distill", str(photos), "-o", str(tmp_path / "o"), "--teacher", str(teacher),
+                 "--student", str(spec)]) == 2
+    err = capsys.readouterr().err
+    assert "student.json" in err and err.count("\n") == 1

@@ -138,3 +138,118 @@ def test_smoke_recipe_with_the_offline_teachers(shared_data, tmp_path):
               "optim.max_steps=4", "log.every=2", "log.save_every=4")
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["step"] == 4 and rows[-1]["segmentation"] > 0 and rows[-1]["geometry"] > 0
+
+
+# ---- hardening: resuming never unpickles, configs fail early and clearly ---------------------------------------
+
+
+class _Payload:
+    """Unpickling this creates `marker` (stands in for any code a planted pickle could run)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _latest_dir(out: Path) -> Path:
+    return out / "checkpoints" / (out / "checkpoints" / "latest").read_text().strip()
+
+
+def to_accelerate_layout(step_dir: Path) -> None:
+    """Rewrite a step folder in the layout `accelerate.save_state` gave it in linedraw 0.1 (no-op if it has it):
+    model*.safetensors, optimizer*.bin, custom_checkpoint_{0: run state, 1: pool_A, 2: pool_B}.pkl, random_states."""
+    import numpy as np
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    if not (step_dir / "run.json").is_file():
+        return
+    run = json.loads((step_dir / "run.json").read_text())
+    nets = load_file(step_dir / "nets.safetensors")
+    for i, name in enumerate(run["nets"]):
+        part = {k[len(name) + 1:]: v for k, v in nets.items() if k.startswith(name + ".")}
+        save_file(part, step_dir / (f"model_{i}.safetensors" if i else "model.safetensors"))
+    states = torch.load(step_dir / "training.pt", weights_only=True)
+    optimizers = [n for n in run["stateful"] if n.startswith("opt_")]
+    for i, name in enumerate(optimizers):
+        torch.save(states[name], step_dir / (f"optimizer_{i}.bin" if i else "optimizer.bin"))
+    torch.save({k: run[k] for k in ("step", "epoch", "batch_in_epoch")}, step_dir / "custom_checkpoint_0.pkl")
+    torch.save(states["pool_A"], step_dir / "custom_checkpoint_1.pkl")
+    torch.save(states["pool_B"], step_dir / "custom_checkpoint_2.pkl")
+    rng = load_file(step_dir / "rng_0.safetensors")
+    with safe_open(str(step_dir / "rng_0.safetensors"), "pt") as handle:
+        meta = handle.metadata()
+    version, internal, gauss = json.loads(meta["python"])
+    name, keys, pos, has_gauss, cached = json.loads(meta["numpy"])
+    torch.save({"step": 0, "random_state": (version, tuple(internal), gauss),
+                "numpy_random_seed": (name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached),
+                "torch_manual_seed": rng["torch"]}, step_dir / "random_states_0.pkl")
+    for f in ("run.json", "nets.safetensors", "training.pt", "rng_0.safetensors"):
+        (step_dir / f).unlink()
+
+
+@pytest.mark.parametrize("planted", ["custom_checkpoint_0.pkl", "optimizer.bin", "training.pt"])
+def test_a_planted_pickle_in_a_run_folder_is_refused_not_run(tiny, tmp_path, planted):
+    config, out = tiny
+    run_train(config, "optim.max_steps=2")
+    step_dir = _latest_dir(out)
+    if planted != "training.pt":
+        to_accelerate_layout(step_dir)
+    marker = tmp_path / "pwned"
+    torch.save({"step": _Payload(marker)}, step_dir / planted)
+    proc = run_train(config, "optim.max_steps=4", expect=2)
+    assert not marker.exists()
+    assert planted in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: ")
+
+
+def test_a_run_folder_in_the_accelerate_layout_still_resumes_exactly(tiny, tmp_path):
+    config, out = tiny
+    run_train(config, "optim.max_steps=4")
+    straight = latest_generator(out)
+    split_out = tmp_path / "split"
+    run_train(config, f"output_dir={split_out}", "optim.max_steps=2")
+    to_accelerate_layout(_latest_dir(split_out))
+    proc = run_train(config, f"output_dir={split_out}", "optim.max_steps=4")
+    assert "resumed from" in proc.stderr
+    resumed = latest_generator(split_out)
+    for k in straight:
+        torch.testing.assert_close(resumed[k], straight[k], rtol=0, atol=1e-6, msg=k)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optim.max_steps=-5", "optim.max_steps"),
+    ("optim.max_steps=abc", "optim.max_steps"),
+    ("optim.lr=fast", "optim.lr"),
+    ("optim.mixed_precision=fp16", "optim.mixed_precision"),
+])
+def test_bad_values_are_refused_before_a_run_folder_exists(tiny, override, message):
+    config, out = tiny
+    proc = run_train(config, override, expect=2)
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert not out.exists()
+
+
+def test_a_missing_data_folder_is_one_line_and_leaves_no_run_folder(tiny, tmp_path):
+    config, out = tiny
+    proc = run_train(config, f"data.root={tmp_path / 'nowhere'}", expect=2)
+    assert "nowhere" in proc.stderr and "Traceback" not in proc.stderr
+    assert not out.exists()
+
+
+def test_malformed_yaml_names_the_file_and_line(tmp_path):
+    config = tmp_path / "broken.yaml"
+    config.write_text("name: x\noptim: {lr: 0.1\nlog: {}\n")
+    proc = run_train(config, expect=2)
+    assert "broken.yaml" in proc.stderr and "line" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_data_root_resolves_from_the_config_files_folder(tmp_path):
+    """A config naming `data.root: data` beside it works from any working directory (the test runs in the repo)."""
+    make_unpaired_folders(tmp_path / "exp" / "data")
+    config = tmp_path / "exp" / "tiny.yaml"
+    config.write_text(tiny_config_yaml(Path("data"), tmp_path / "run"))
+    run_train(config, "optim.max_steps=1")
+    assert (tmp_path / "run" / "checkpoints" / "latest").is_file()
