@@ -177,7 +177,9 @@ def test_oversized_upload_shows_the_servers_message(page, tmp_path, kind, words)
         buffer = io.BytesIO()
         Image.new("L", (600, 600), 255).save(buffer, format="PNG")
         path.write_bytes(buffer.getvalue())
+    stroke(page, circle(0.5, 0.5, 0.3))
+    results_after(page, "")
     page.set_input_files("#file", str(path))
     page.wait_for_selector("#error:not([hidden])")
     assert words in page.text_content("#error")
-    assert page.evaluate("document.querySelectorAll('#results .hit').length") == 0
+    assert page.evaluate("document.querySelectorAll('#results .hit').length") == 0  # the sketch's are gone

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import anyio
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -74,6 +73,7 @@ def create_app(search: SketchSearch, *, workers: int = 2, host: str = "127.0.0.1
     if workers < 1:
         raise UsageError(f"workers must be at least 1, not {workers}")
     limiter = anyio.CapacityLimiter(workers)
+    readers = anyio.CapacityLimiter(max(2, workers))  # thumbnails and photos: leave CPUs to the embedding
 
     async def page(request: Request) -> Response:
         return FileResponse(STATIC / "index.html", headers={"cache-control": "no-cache"})
@@ -93,11 +93,13 @@ def create_app(search: SketchSearch, *, workers: int = 2, host: str = "127.0.0.1
         return JSONResponse(result)
 
     async def thumbnail(request: Request) -> Response:
-        data = await run_in_threadpool(search.thumbnail, request.path_params["slot"], request.path_params["id"])
+        data = await anyio.to_thread.run_sync(search.thumbnail, request.path_params["slot"],
+                                              request.path_params["id"], limiter=readers)
         return Response(data, media_type="image/jpeg", headers={"cache-control": "private, max-age=3600"})
 
     async def photo(request: Request) -> Response:
-        path, mime = await run_in_threadpool(search.photo, request.path_params["slot"], request.path_params["id"])
+        path, mime = await anyio.to_thread.run_sync(search.photo, request.path_params["slot"],
+                                                    request.path_params["id"], limiter=readers)
         return FileResponse(path, media_type=mime, headers={"cache-control": "private, max-age=3600"})
 
     async def query_error(request: Request, exc: QueryError) -> Response:

@@ -202,9 +202,10 @@
   });
   document.addEventListener("paste", (event) => {
     const item = [...(event.clipboardData ? event.clipboardData.items : [])].find((i) => i.type.startsWith("image/"));
-    if (!item) return;
+    const file = item ? item.getAsFile() : null;
+    if (!file) return;
     event.preventDefault();
-    useUpload(item.getAsFile(), "pasted image");
+    useUpload(file, "pasted image");
   });
 
   // ------------------------------------------------------------------------------------------- searching
@@ -269,6 +270,7 @@
     const box = $("error");
     box.textContent = message;
     box.hidden = false;
+    $("results").replaceChildren();  // older results would seem to answer the refused query
     setStatus("");
   }
 
