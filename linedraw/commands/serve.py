@@ -8,6 +8,8 @@ import sys
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `linedraw serve`."""
+    from linedraw.commands.options import add_device
+
     parser = subparsers.add_parser(
         "serve", help="a local web page: draw a sketch, see the matching indexed photos",
         description="Serves a page with a drawing canvas (and sketch or photo upload) whose results follow the "
@@ -28,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="largest uploaded image in pixels (default: 40000000)")
     parser.add_argument("--nprobe", type=int, default=0, help="IVF cells to visit (default: the manifest's)")
     parser.add_argument("--ef-search", type=int, default=0, help="HNSW search breadth (default: the manifest's)")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda, mps or cpu)")
+    add_device(parser)
     parser.set_defaults(func=run)
 
 
@@ -40,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
         import uvicorn  # noqa: F401
     except ImportError as exc:
         raise MissingDependencyError(f"linedraw serve needs {exc.name}: pip install 'linedraw[serve]'") from None
-    from linedraw.commands.index import default_device
+    from linedraw.convert import resolve_device
     from linedraw.retrieval.index import parse_size
     from linedraw.serve.app import bind, create_app, make_server, set_torch_threads, url_of
     from linedraw.serve.search import MAX_K, SketchSearch
@@ -64,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     sock = bind(args.host, args.port)  # before loading models: a busy port is reported at once
     try:
         set_torch_threads(workers)
-        search = SketchSearch(args.indexes, args.device or default_device(), nprobe=args.nprobe,
+        search = SketchSearch(args.indexes, str(resolve_device(args.device)), nprobe=args.nprobe,
                               ef_search=args.ef_search, max_upload_bytes=max_upload, max_pixels=args.max_pixels,
                               default_k=args.k)
         try:
