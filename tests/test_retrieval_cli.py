@@ -147,8 +147,28 @@ def test_interrupted_build_resumes_where_it_stopped(data, tmp_path, monkeypatch)
         assert index.count == 6
 
 
+def test_eval_retrieval_of_a_two_view_index_reports_photos_drawings_and_fused(data, tmp_path, capsys):
+    assert _build(data, tmp_path / "index") == 0  # default with a checkpoint: both views
+    with GalleryIndex.open(tmp_path / "index") as index:
+        assert index.views == ["drawing", "photo"] and index.index.d == 2 * index.dim
+        assert index.manifest["fuse_weight"] == 0.5
+    capsys.readouterr()
+    report = tmp_path / "metrics.json"
+    assert main(["eval", "retrieval", "--index", str(tmp_path / "index"), "--queries", str(data / "queries"),
+                 "--device", "cpu", "--quiet", "--sweep", "--fuse-weight", "0.3", "--json", str(report)]) == 0
+    out = capsys.readouterr().out
+    assert "building the raw-photo baseline" not in out
+    payload = json.loads(report.read_text())
+    assert list(payload["metrics"]) == ["raw photos", f"drawings ({data / 'gen.safetensors'})", "fused (w=0.3)"]
+    assert [row["fuse_weight"] for row in payload["sweep"]] == [i / 10 for i in range(11)]
+    # the ends of the sweep are the single views
+    assert payload["sweep"][0]["mAP@all"] == payload["metrics"]["raw photos"]["mAP@all"]
+    assert payload["sweep"][-1]["P@1"] == payload["metrics"][f"drawings ({data / 'gen.safetensors'})"]["P@1"]
+    assert "| fuse weight | mAP@all | P@1 | acc@10 |" in out
+
+
 def test_eval_retrieval_prints_drawings_and_raw_baseline(data, tmp_path, capsys):
-    assert _build(data, tmp_path / "index") == 0
+    assert _build(data, tmp_path / "index", "--views", "drawing") == 0
     capsys.readouterr()
     report = tmp_path / "metrics.json"
     assert main(["eval", "retrieval", "--index", str(tmp_path / "index"), "--queries", str(data / "queries"),

@@ -15,13 +15,15 @@ metrics (SBIR literature; averaged over queries; the whole gallery is ranked):
   R@K       relevant items in the top K / R
   acc@K     instance level: share of queries `<photo-id>-N.png` whose own photo is in the top K
 K = 1, 5, 10, 20, 50 (acc: 1, 10). Classes are parent folder names of queries and gallery photos.
-The baseline indexes the same photos without drawing them (--raw), with the same embedder.
+An index built with both views (drawing,photo; the default with a checkpoint) is evaluated alone: raw photos,
+drawings and the fused score are columns of one table. An index of drawings only is compared with the same
+photos indexed raw (--raw), with the same embedder.
 """
 
 
 def register(eval_subparsers: argparse._SubParsersAction) -> None:
     """Add `linedraw eval retrieval`."""
-    from linedraw.commands.index import positive_int
+    from linedraw.commands.index import positive_int, share
     from linedraw.commands.options import add_device, add_json, add_quiet
 
     parser = eval_subparsers.add_parser(
@@ -34,6 +36,10 @@ def register(eval_subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--baseline-index", help="raw-photo index to compare with; built here if missing "
                                                  "(default: a temporary one)")
     parser.add_argument("--no-baseline", action="store_true", help="evaluate --index alone")
+    parser.add_argument("--fuse-weight", type=share, metavar="W",
+                        help="two views: the drawing's weight in the fused column (default: the manifest's)")
+    parser.add_argument("--sweep", action="store_true",
+                        help="two views: also print mAP@all, P@1 and acc@10 for fuse weights 0, 0.1, ..., 1")
     add_json(parser, "the metrics")
     add_device(parser)
     parser.add_argument("--batch-size", type=positive_int, default=32,
@@ -46,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from linedraw.commands.options import emit
     from linedraw.convert import resolve_device
     from linedraw.errors import UsageError
-    from linedraw.retrieval.evaluate import embed_queries, evaluate, format_table
+    from linedraw.retrieval.evaluate import embed_queries, evaluate, format_table, sweep, view_columns
     from linedraw.retrieval.gallery import Encoding, PhotoEncoder, build_index, encoding_of
     from linedraw.retrieval.index import GalleryIndex
 
@@ -55,12 +61,16 @@ def run(args: argparse.Namespace) -> int:
     m = index.manifest
     drawing_encoder = PhotoEncoder(encoding_of(m), device, args.batch_size)
     queries = embed_queries(args.queries, drawing_encoder, args.batch_size, not args.quiet)
-    name = f"drawings ({m['checkpoint']})" if m.get("checkpoint") else "index (raw photos)"
-    columns = {name: evaluate(index, queries)}
+    two_views = len(index.views) > 1
+    if (args.sweep or args.fuse_weight is not None) and not two_views:
+        raise UsageError(f"--sweep and --fuse-weight need an index of drawings and photos; {args.index} holds "
+                         f"{index.views[0]}s only (build it with --views drawing,photo)")
+    columns = view_columns(index, queries, args.fuse_weight)
+    swept = sweep(index, queries) if args.sweep else None
     photos = sorted({item.path for item in index.all_items()})
     index.close()
 
-    if not args.no_baseline and m.get("checkpoint"):
+    if not args.no_baseline and m.get("checkpoint") and not two_views:
         temporary = None
         baseline_dir = args.baseline_index
         if baseline_dir is None:
@@ -83,6 +93,13 @@ def run(args: argparse.Namespace) -> int:
             if temporary:
                 shutil.rmtree(temporary, ignore_errors=True)
 
-    emit(args.json, {"embedder": m["embedder"], "checkpoint": m.get("checkpoint"), "metrics": columns},
-         [f"embedder {m['embedder']}, {len(queries.paths)} queries from {args.queries}", format_table(columns)])
+    report = [f"embedder {m['embedder']}, {len(queries.paths)} queries from {args.queries}", format_table(columns)]
+    payload = {"embedder": m["embedder"], "checkpoint": m.get("checkpoint"), "metrics": columns}
+    if swept is not None:
+        payload["sweep"] = swept
+        names = [k for k in swept[0] if k != "fuse_weight"]
+        report += ["", "| fuse weight | " + " | ".join(names) + " |", "|---:|" + "---:|" * len(names)]
+        report += [f"| {row['fuse_weight']:.1f} | " + " | ".join(f"{row[n]:.4f}" for n in names) + " |"
+                   for row in swept]
+    emit(args.json, payload, report)
     return 0

@@ -11,7 +11,12 @@ from linedraw.commands.options import add_device, add_json, add_output, add_quie
 BUILD_EPILOG = """\
 index kinds (Faiss guidelines): flat = exact inner product (auto up to 50,000 items); hnsw = HNSW32 graph,
 fast and accurate while vectors + graph fit --memory; ivfpq = IVF + product quantisation, dim/8 (max 64)
-bytes per item, lists kept on disk (memory-mapped) when the codes exceed --memory or with --on-disk.
+bytes per item, lists kept on disk (memory-mapped) when the codes exceed --memory or with --on-disk;
+its candidates are re-scored exactly with float16 copies of the vectors kept on disk (memory-mapped too).
+
+views: with a checkpoint, each photo is embedded twice by default, as its drawing and as the raw photo (one
+conversion, one more embedder pass), and searches rank by the fused score
+w * cos(query, drawing) + (1 - w) * cos(query, photo); `search --fuse-weight W` changes w per query.
 
 an interrupted build resumes: run the same command again; finished chunks in OUTPUT.work/ are reused.
 sharded builds: `accelerate launch -m linedraw index build ... --like TRAINED` runs one shard per process
@@ -100,7 +105,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_output(build, "index directory to write: new, empty, or an index to replace (any other folder, and a "
                       "folder inside the photos, is refused)", metavar="INDEX")
     build.add_argument("--checkpoint", default="contour", help="generator that draws the photos (default: contour)")
-    build.add_argument("--raw", action="store_true", help="embed the photos themselves (the no-drawing baseline)")
+    build.add_argument("--raw", action="store_true", help="embed the photos themselves (the no-drawing baseline; "
+                                                          "the same as --views photo)")
+    build.add_argument("--views", help="what to embed per photo: drawing, photo, or drawing,photo (default: "
+                                       "drawing,photo with a checkpoint, photo with --raw)")
+    build.add_argument("--fuse-weight", type=share, metavar="W",
+                       help="two views: the drawing's default weight in the fused score, recorded in the "
+                            "manifest (default: 0.5, chosen on Sketchy)")
     build.add_argument("--embedder", default="efficientnet-lite0",
                        help="openclip:MODEL:PRETRAINED, efficientnet-lite0 (offline), timm:MODEL[:WEIGHTS], "
                             "or a trained embedder folder (default: efficientnet-lite0)")
@@ -187,9 +198,15 @@ def run_build(args: argparse.Namespace) -> int:
     output = args.output
     if shard[1] > 1:
         output = f"{output.rstrip(os.sep)}.shard{shard[0]:03d}-of-{shard[1]:03d}"
-    encoding = Encoding(args.embedder, None if args.raw else args.checkpoint, args.objects,
-                        os.path.abspath(args.object_source) if args.object_source else None,
-                        args.min_object_area, args.draw_size)
+    views = args.views or ("photo" if args.raw else "drawing,photo")
+    if args.raw and args.views and args.views != "photo":
+        raise UsageError("--raw embeds the raw photos only; drop it to use --views " + args.views)
+    try:
+        encoding = Encoding(args.embedder, None if args.raw or views == "photo" else args.checkpoint, args.objects,
+                            os.path.abspath(args.object_source) if args.object_source else None,
+                            args.min_object_area, args.draw_size, views=views, fuse_weight=args.fuse_weight)
+    except UsageError as exc:
+        raise UsageError(f"--{exc}") from None
     try:
         memory = parse_size(args.memory)
     except UsageError as exc:

@@ -12,7 +12,7 @@ import sys
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `linedraw search`."""
-    from linedraw.commands.index import non_negative_int, positive_int
+    from linedraw.commands.index import non_negative_int, positive_int, share
     from linedraw.commands.options import add_device
 
     parser = subparsers.add_parser(
@@ -32,6 +32,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="IVF cells to visit (default: 0, the manifest's)")
     parser.add_argument("--ef-search", type=non_negative_int, default=0,
                         help="HNSW search breadth (default: 0, the manifest's)")
+    parser.add_argument("--fuse-weight", type=share, metavar="W",
+                        help="an index of drawings and photos: rank by W * cos(drawing) + (1 - W) * cos(photo); "
+                             "1 = drawings only, 0 = photos only (default: the manifest's)")
+    parser.add_argument("--dedupe", type=share, nargs="?", const=0.95, default=0.0, metavar="COSINE",
+                        help="collapse near-duplicate photos: drop a result whose photo embedding is at least "
+                             "COSINE close to a better one's (default when given: 0.95)")
+    parser.add_argument("--under", metavar="DIR", help="only results from photos under this folder")
     add_device(parser)
     parser.set_defaults(func=run)
 
@@ -54,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"error: {exc}", file=sys.stderr)
             failed += 1
             continue
-        scores, ids = index.search(encoder.query(image, raw=args.raw), args.k)
+        scores, ids = index.search(encoder.query(image, raw=args.raw), args.k, fuse_weight=args.fuse_weight,
+                                   under=args.under, dedupe=args.dedupe)
         hits = []
         for score, item in zip(scores[0].tolist(), index.items(ids[0])):
             if item is not None:

@@ -57,15 +57,17 @@ def embed_queries(folder: str | Path, encoder: PhotoEncoder, batch_size: int = 6
 
 
 def evaluate(index: GalleryIndex, queries: Queries, ks: Sequence[int] = DEFAULT_KS, map_at: int = 200,
-             instance_ks: Sequence[int] = (1, 10)) -> dict[str, float]:
-    """Rank the whole gallery for every query and compute the metrics; labels are parent folder names."""
+             instance_ks: Sequence[int] = (1, 10), fuse_weight: float | None = None) -> dict[str, float]:
+    """Rank the whole gallery for every query and compute the metrics; labels are parent folder names.
+    `fuse_weight` weighs the drawing view of a two-view index (1: drawings only, 0: photos only)."""
     items = list(index.all_items())
     label_of = {i.id: Path(i.path).parent.name for i in items}
     photo_of = {i.id: Path(i.path).stem for i in items}
     counts: dict[str, int] = {}
     for label in label_of.values():
         counts[label] = counts.get(label, 0) + 1
-    _, ids = index.search(queries.vectors, max(1, index.count))  # an empty index still answers (with -1s)
+    # an empty index still answers (with -1s)
+    _, ids = index.search(queries.vectors, max(1, index.count), fuse_weight=fuse_weight)
     ranked_labels = np.array([[label_of.get(int(i), "") for i in row] for row in ids], dtype=object)
     results = category_metrics(ranked_labels, queries.labels, [counts.get(q, 0) for q in queries.labels],
                                ks, map_at)
@@ -77,6 +79,31 @@ def evaluate(index: GalleryIndex, queries: Queries, ks: Sequence[int] = DEFAULT_
     results["queries"] = float(len(queries.paths))
     results["gallery"] = float(index.count)
     return results
+
+
+def view_columns(index: GalleryIndex, queries: Queries, fuse_weight: float | None = None) -> dict[str, dict]:
+    """The metrics of each view of one index and, with two views, of their fusion (`fuse_weight`, default the
+    manifest's): {"raw photos": ..., "drawings (CHECKPOINT)": ..., "fused (w=W)": ...}."""
+    m = index.manifest
+    if len(index.views) == 1:
+        name = f"drawings ({m['checkpoint']})" if index.views == ["drawing"] else "raw photos"
+        return {name: evaluate(index, queries)}
+    weight = index.fuse_weight if fuse_weight is None else fuse_weight
+    return {"raw photos": evaluate(index, queries, fuse_weight=0.0),
+            f"drawings ({m['checkpoint']})": evaluate(index, queries, fuse_weight=1.0),
+            f"fused (w={weight:g})": evaluate(index, queries, fuse_weight=weight)}
+
+
+def sweep(index: GalleryIndex, queries: Queries, step: float = 0.1,
+          metrics: Sequence[str] = ("mAP@all", "P@1", "acc@10")) -> list[dict[str, float]]:
+    """`metrics` of a two-view index for fuse weights 0, step, ..., 1 (choosing the default weight)."""
+    steps = int(round(1 / step))
+    rows = []
+    for i in range(steps + 1):
+        weight = round(i / steps, 6)
+        result = evaluate(index, queries, fuse_weight=weight)
+        rows.append({"fuse_weight": weight, **{k: result[k] for k in metrics if k in result}})
+    return rows
 
 
 def format_table(columns: dict[str, dict[str, float]]) -> str:

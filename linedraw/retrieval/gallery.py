@@ -27,7 +27,8 @@ from linedraw.errors import MissingFileError, UsageError
 from linedraw.images import ImageError, display_path, list_images, open_image, write_atomic_path
 from linedraw.retrieval.embed import Embedder, build_embedder
 from linedraw.retrieval.index import (
-    SHARD_ID_BITS, GalleryIndex, Item, check_output, create_faiss_index, empty_clone, plan_index, writer_lock,
+    SHARD_ID_BITS, VIEWS, GalleryIndex, Item, check_output, create_faiss_index, empty_clone, like_prefix,
+    plan_index, writer_lock,
 )
 from linedraw.retrieval.objects import ObjectSource, crop_object
 
@@ -45,6 +46,32 @@ class Encoding:
     object_source: str | None = None
     min_object_area: float = 0.01
     draw_size: int = 256  # short side photos are drawn at (the embedder sees ~224 px anyway)
+    views: list[str] | None = None  # what is embedded per photo (see `parse_views`); None: one view, as before
+    fuse_weight: float | None = None  # two views: the drawing's default weight in the fused score
+
+    def __post_init__(self) -> None:
+        if self.views is not None:
+            self.views = parse_views(self.views, self.checkpoint)
+
+
+#: The drawing view's default weight in the fused score, chosen on the shared Sketchy data (see README).
+DEFAULT_FUSE_WEIGHT = 0.5
+
+
+def parse_views(views: str | Sequence[str], checkpoint: str | None) -> list[str]:
+    """'drawing,photo' (or a list) -> the views in canonical order; a drawing view needs a checkpoint."""
+    names = [v.strip() for v in views.split(",")] if isinstance(views, str) else [str(v) for v in views]
+    unknown = [v for v in names if v not in VIEWS]
+    if unknown or not names:
+        raise UsageError(f"views: unknown view {unknown[0] if unknown else ''!r}; choose from {', '.join(VIEWS)}")
+    if "drawing" in names and checkpoint is None:
+        raise UsageError("views: the drawing view needs a checkpoint to draw the photos with")
+    return [v for v in VIEWS if v in names]
+
+
+def encoding_views(encoding: Encoding) -> list[str]:
+    """The views an Encoding embeds (one, the drawing or the raw photo, when it names none)."""
+    return encoding.views or (["drawing"] if encoding.checkpoint else ["photo"])
 
 
 def encoding_of(manifest: dict) -> Encoding:
@@ -108,6 +135,11 @@ class PhotoEncoder:
             self._converter = linedraw.load(self.encoding.checkpoint, device=self.device,
                                             batch_size=self.batch_size, size=self.encoding.draw_size)
         return self._converter
+
+    def gallery(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """(N, dim * views) gallery vectors: per photo, its views' unit vectors side by side (drawing, photo)."""
+        views = encoding_views(self.encoding)
+        return np.hstack([self(images, convert=view == "drawing") for view in views]).astype(np.float32)
 
     def __call__(self, images: Sequence[Image.Image], convert: bool = True) -> np.ndarray:
         """(N, dim) unit vectors for PIL images; photos are converted first when `convert` and a checkpoint."""
@@ -196,7 +228,7 @@ def _embed_chunk(photos: Sequence[Path], encoder: PhotoEncoder, bar: tqdm):
     def flush() -> None:
         nonlocal images, pending
         if images:
-            vectors.append(encoder(images))
+            vectors.append(encoder.gallery(images))
         bar.update(pending)
         images, pending = [], 0
 
@@ -221,7 +253,7 @@ def _embed_chunk(photos: Sequence[Path], encoder: PhotoEncoder, bar: tqdm):
         if len(images) >= encoder.batch_size:
             flush()
     flush()
-    dim = encoder.embedder.dim
+    dim = encoder.embedder.dim * len(encoding_views(encoding))
     return (np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32)), items, errors, empty
 
 
@@ -299,19 +331,23 @@ def build_index(gallery: Iterable[str], output: str | os.PathLike, encoding: Enc
         dim = encoder.embedder.dim
         if template is not None:
             faiss_index = empty_clone(template.index)
-            manifest = {k: template.manifest[k] for k in ("kind", "factory", "nprobe", "ef_search", "on_disk")}
+            manifest = {k: template.manifest[k] for k in ("kind", "factory", "nprobe", "ef_search", "on_disk",
+                                                          "refine") if k in template.manifest}
             template.close()
         else:
             if total == 0:
                 raise MissingFileError(f"no photo could be indexed from {', '.join(map(display_path, gallery))}"
                                        + (f" ({len(failures)} failed: {failures[0]})" if failures else ""))
-            plan = plan_index(kind, total, dim, memory, on_disk)
-            faiss_index = create_faiss_index(plan, dim)
+            plan = plan_index(kind, total, dim * len(encoding_views(encoding)), memory, on_disk)
+            faiss_index = create_faiss_index(plan, dim * len(encoding_views(encoding)))
             if not faiss_index.is_trained:  # IVF-PQ: 64 points per cell are plenty, 500k at least if available
                 cells = faiss.extract_index_ivf(faiss_index).nlist
                 faiss_index.train(_training_sample(chunks, total, max(MAX_TRAIN_VECTORS, 64 * cells)))
             manifest = asdict(plan)
-        manifest.update(asdict(encoding), dim=dim, embedder_name=encoder.embedder.name,
+        views = encoding_views(encoding)
+        weight = encoding.fuse_weight if encoding.fuse_weight is not None else DEFAULT_FUSE_WEIGHT
+        manifest.update(asdict(encoding), dim=dim, embedder_name=encoder.embedder.name, views=views,
+                        fuse_weight=weight if len(views) > 1 else None,
                         next_id=shard[0] << SHARD_ID_BITS, shard=list(shard) if shard[1] > 1 else None)
         index = GalleryIndex.create(output, manifest, faiss_index)
         try:
@@ -387,7 +423,7 @@ def remove_from_index(index_dir: str | os.PathLike, paths: Iterable[str],
         for path in paths:
             absolute = os.path.abspath(path)
             rows = index.db.execute("SELECT id FROM items WHERE path = ? OR path LIKE ? ESCAPE '\\'",
-                                    (absolute, _like_prefix(absolute) + "%")).fetchall()
+                                    (absolute, like_prefix(absolute) + "%")).fetchall()
             if not rows and glob.has_magic(path):
                 rows = _glob_rows(index, absolute)
             if not rows:
@@ -395,11 +431,6 @@ def remove_from_index(index_dir: str | os.PathLike, paths: Iterable[str],
             ids += [r[0] for r in rows]
         removed = index.remove(ids)
     return removed, unmatched
-
-
-def _like_prefix(directory: str) -> str:
-    escaped = directory.rstrip(os.sep).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return escaped + os.sep
 
 
 def _glob_rows(index: GalleryIndex, pattern: str) -> list[tuple[int]]:
@@ -410,7 +441,7 @@ def _glob_rows(index: GalleryIndex, pattern: str) -> list[tuple[int]]:
     fixed = next((i for i, part in enumerate(parts) if glob.has_magic(part)), len(parts))
     base = os.sep.join(parts[:fixed])
     rows = index.db.execute("SELECT id, path FROM items WHERE path LIKE ? ESCAPE '\\'",
-                            (_like_prefix(base) + "%",)).fetchall()
+                            (like_prefix(base) + "%",)).fetchall()
     return [(id_,) for id_, path in rows if _glob_match(parts[fixed:], path.split(os.sep)[fixed:])]
 
 

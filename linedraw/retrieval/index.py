@@ -5,6 +5,8 @@ Layout of an index directory::
     manifest.json   embedder, checkpoint, dimension, index kind and factory string, count, search defaults
     index.faiss     the Faiss index (ids are SQLite row ids)
     lists.ivfdata   IVF-PQ inverted lists when kept on disk (memory-mapped at search time)
+    vectors.f16     IVF-PQ only: every vector in float16, rows in the id order of vector_ids.i64 (int64); both
+                    memory-mapped, so only the rows of a query's candidates are read, to re-score them exactly
     meta.sqlite     table `items`: id, source path, object name and box, image size, file size, mtime, sha256
 
 Every change is made on a copy in a temporary sibling directory and published by renaming, so a crash leaves
@@ -12,6 +14,11 @@ either the old index or the new one, never a mix. One writer at a time: writers 
 beside the index (released by the kernel if the process dies); readers take no lock. Index kinds follow the Faiss guidelines
 (github.com/facebookresearch/faiss/wiki/Guidelines-to-choose-an-index): exact `flat` for small galleries,
 `hnsw` while the vectors fit the memory budget, `ivfpq` (compact codes, optionally on-disk lists) beyond.
+
+Views: an index built with several views (`drawing`: the embedding of the photo's drawing, `photo`: of the raw
+photo) stores per item one vector, the views' unit vectors side by side. A query q (one view wide) becomes
+[w q, (1 - w) q], so the inner product is the fused score w cos(q, drawing) + (1 - w) cos(q, photo), exact
+for every index kind, with the weight w chosen at search time (w = 1: drawings only, w = 0: photos only).
 """
 from __future__ import annotations
 
@@ -50,6 +57,10 @@ HNSW_M = 32
 SHARD_ID_BITS = 40
 
 MANIFEST, FAISS_FILE, LISTS_FILE, DB_FILE = "manifest.json", "index.faiss", "lists.ivfdata", "meta.sqlite"
+VECTORS_FILE, VECTOR_IDS_FILE = "vectors.f16", "vector_ids.i64"
+VIEWS = ("drawing", "photo")
+#: IVF-PQ re-scores this many candidates per wanted result with the float16 vectors (`refine` in the manifest).
+REFINE_FACTOR = 10
 
 
 @dataclass(frozen=True)
@@ -99,12 +110,12 @@ def choose_kind(count: int, dim: int, memory: int) -> str:
 
 
 def _ivf_lists(count: int) -> int:
-    """Number of IVF cells: ~4*sqrt(N) below 1e6 (a power of two), then 65536 / 262144 / 1048576 as the
-    guidelines say, never more than N/39 (faiss wants 39 training points per centroid)."""
-    if count < 1_000_000:
+    """Number of IVF cells: ~4*sqrt(N) below 1e7 (a power of two), then 262144 / 1048576 as the guidelines
+    say, never more than N/39 (faiss wants 39 training points per centroid). The guidelines' 65536 cells for
+    1e6-1e7 need a k-means over millions of points, hours on a CPU; with the exact re-scoring of the
+    candidates, 4*sqrt(N) cells keep recall and latency in target at 1e6."""
+    if count < 10_000_000:
         nlist = 2 ** round(math.log2(max(1.0, 4 * math.sqrt(count))))
-    elif count < 10_000_000:
-        nlist = 65536
     elif count < 100_000_000:
         nlist = 262144
     else:
@@ -129,6 +140,7 @@ class IndexPlan:
     nprobe: int = 0
     ef_search: int = 0
     on_disk: bool = False
+    refine: int = 0  # candidates per result re-scored from the float16 vectors on disk (0: none kept)
 
 
 def plan_index(kind: str, count: int, dim: int, memory: int, on_disk: bool | None = None) -> IndexPlan:
@@ -154,7 +166,8 @@ def plan_index(kind: str, count: int, dim: int, memory: int, on_disk: bool | Non
         on_disk = count * bytes_per_vector("ivfpq", dim, m) > memory
     nprobe = min(nlist, max(8, min(128, nlist // 32)))
     # "np": no polysemous training (it only serves Hamming pre-filtering, which we do not use, and is slow).
-    return IndexPlan("ivfpq", f"IVF{nlist}{quantizer},PQ{m}x{nbits}np", nprobe=nprobe, on_disk=on_disk)
+    return IndexPlan("ivfpq", f"IVF{nlist}{quantizer},PQ{m}x{nbits}np", nprobe=nprobe, on_disk=on_disk,
+                     refine=REFINE_FACTOR)
 
 
 def create_faiss_index(plan: IndexPlan, dim: int) -> faiss.Index:
@@ -241,7 +254,8 @@ CREATE INDEX IF NOT EXISTS items_path ON items(path);
 """
 
 #: What an index folder may hold; `index build -o` replaces a folder only if it holds nothing else.
-INDEX_FILES = frozenset({MANIFEST, FAISS_FILE, LISTS_FILE, DB_FILE, DB_FILE + "-journal"})
+INDEX_FILES = frozenset({MANIFEST, FAISS_FILE, LISTS_FILE, DB_FILE, DB_FILE + "-journal", VECTORS_FILE,
+                         VECTOR_IDS_FILE})
 #: How long `GalleryIndex.open` retries while a writer swaps the folder (only the two-rename fallback of
 #: `publish`, where the kernel cannot exchange folders atomically, leaves a moment without one).
 OPEN_RETRY_SECONDS = 10.0
@@ -294,6 +308,90 @@ def read_manifest(directory: str | os.PathLike) -> dict:
     return manifest
 
 
+def views_of(manifest: dict) -> list[str]:
+    """The views an index stores side by side per item; an index built before views were recorded holds one:
+    the drawing when it was built with a checkpoint, else the raw photo."""
+    views = manifest.get("views")
+    if views:
+        return list(views)
+    return ["drawing"] if manifest.get("checkpoint") else ["photo"]
+
+
+def view_weights(views: Sequence[str], fuse_weight: float) -> list[float]:
+    """Per-view weights for a fused query: `fuse_weight` for the drawing, 1 - `fuse_weight` for the photo (a
+    one-view index: 1)."""
+    if isinstance(fuse_weight, bool) or not isinstance(fuse_weight, (int, float)) or not 0 <= fuse_weight <= 1:
+        raise UsageError(f"fuse_weight must be a number between 0 and 1, got {fuse_weight!r}")
+    if len(views) == 1:
+        return [1.0]
+    return [float(fuse_weight) if view == "drawing" else 1.0 - float(fuse_weight) for view in views]
+
+
+class VectorStore:
+    """Full-precision copies of an IVF-PQ index's vectors on disk: float16 rows (`vectors.f16`) in the order
+    of their sorted ids (`vector_ids.i64`), both memory-mapped, so searching reads only the candidates' rows
+    and the codes are all that stays in memory."""
+
+    def __init__(self, directory: Path, dim: int) -> None:
+        self.directory, self.dim = Path(directory), dim
+        ids_path, vectors_path = self.directory / VECTOR_IDS_FILE, self.directory / VECTORS_FILE
+        count = ids_path.stat().st_size // 8 if ids_path.exists() else 0
+        if vectors_path.exists() and vectors_path.stat().st_size != count * dim * 2:
+            raise InvalidFileError(f"{display_path(vectors_path)}: {vectors_path.stat().st_size} bytes, not "
+                                   f"{count} float16 rows of {dim}; rebuild the index")
+        self.ids = np.memmap(ids_path, np.int64, "r") if count else np.zeros(0, np.int64)
+        self.vectors = np.memmap(vectors_path, np.float16, "r", shape=(count, dim)) if count else \
+            np.zeros((0, dim), np.float16)
+
+    def get(self, ids: np.ndarray) -> np.ndarray:
+        """(len(ids), dim) float32 rows for `ids` (zero rows for -1 or unknown ids)."""
+        ids = np.asarray(ids, dtype=np.int64).ravel()
+        out = np.zeros((len(ids), self.dim), np.float32)
+        if not len(self.ids):
+            return out
+        rows = np.minimum(np.searchsorted(self.ids, ids), len(self.ids) - 1)
+        found = self.ids[rows] == ids
+        order = np.argsort(rows[found])  # ascending rows read the file front to back
+        picked = rows[found][order]
+        values = self.vectors[picked].astype(np.float32)
+        target = np.flatnonzero(found)[order]
+        out[target] = values
+        return out
+
+    @staticmethod
+    def write(directory: Path, parts: Sequence[tuple], dim: int) -> None:
+        """Write the store of `directory` from `parts`, each (ids, vectors[, rows]): the `rows` of `vectors`
+        (all when absent, e.g. a memory-mapped store) with their `ids`; rows are streamed in blocks, sorted by
+        id. The caller's folder is a private copy, published atomically as a whole."""
+        parts = [(np.asarray(p[0], np.int64), p[1], p[2] if len(p) > 2 else None) for p in parts if len(p[0])]
+        ids = np.concatenate([i for i, _, _ in parts]) if parts else np.zeros(0, np.int64)
+        order = None if len(ids) < 2 or bool(np.all(np.diff(ids) > 0)) else np.argsort(ids, kind="stable")
+        block = 65536
+        with open(directory / (VECTORS_FILE + ".new"), "wb") as handle:
+            if order is None:
+                for _, vectors, rows in parts:
+                    count = len(vectors) if rows is None else len(rows)
+                    for start in range(0, count, block):
+                        chunk = vectors[start:start + block] if rows is None else vectors[rows[start:start + block]]
+                        handle.write(np.ascontiguousarray(chunk, np.float16).tobytes())
+            else:  # merged shards: put the rows in id order
+                offsets = np.cumsum([0] + [len(i) for i, _, _ in parts])
+                for start in range(0, len(order), block):
+                    wanted = order[start:start + block]
+                    out = np.empty((len(wanted), dim), np.float16)
+                    part_of = np.searchsorted(offsets, wanted, side="right") - 1
+                    for p in np.unique(part_of):
+                        mask = part_of == p
+                        local = wanted[mask] - offsets[p]
+                        rows = parts[p][2]
+                        out[mask] = parts[p][1][local if rows is None else rows[local]]
+                    handle.write(out.tobytes())
+                ids = ids[order]
+        (directory / (VECTOR_IDS_FILE + ".new")).write_bytes(ids.tobytes())
+        os.replace(directory / (VECTORS_FILE + ".new"), directory / VECTORS_FILE)
+        os.replace(directory / (VECTOR_IDS_FILE + ".new"), directory / VECTOR_IDS_FILE)
+
+
 def _checked_file(directory: Path, manifest: dict, name: str, shown: Path) -> Path:
     """`directory/name`, after checking that it exists and has the size the manifest recorded."""
     path = directory / name
@@ -323,6 +421,9 @@ def _load(directory: Path, writable: bool, shown: Path | None = None):
     faiss_path = _checked_file(directory, manifest, FAISS_FILE, shown)
     if manifest.get("on_disk"):
         _checked_file(directory, manifest, LISTS_FILE, shown)
+    if manifest.get("refine"):
+        for name in (VECTORS_FILE, VECTOR_IDS_FILE):
+            _checked_file(directory, manifest, name, shown)
     db_path = _checked_file(directory, manifest, DB_FILE, shown)
     try:
         with stdout_to_stderr():
@@ -330,7 +431,8 @@ def _load(directory: Path, writable: bool, shown: Path | None = None):
     except RuntimeError as exc:
         raise InvalidFileError(f"{display_path(shown / FAISS_FILE)}: Faiss cannot read it ({_faiss_reason(exc)}); "
                                "the file is truncated or corrupt, rebuild the index") from None
-    count, dim = manifest.get("count", index.ntotal), manifest.get("dim", index.d)
+    views = len(views_of(manifest))
+    count, dim = manifest.get("count", index.ntotal), manifest.get("dim", index.d // views) * views
     if (index.ntotal, index.d) != (count, dim):
         raise InvalidFileError(f"{display_path(shown / FAISS_FILE)}: {index.ntotal} vectors of dimension {index.d}, "
                                f"the manifest says {count} of {dim}; rebuild the index")
@@ -359,6 +461,9 @@ class GalleryIndex:
                  target: Path | None = None, lock: contextlib.ExitStack | None = None) -> None:
         self.directory, self.manifest, self.index, self.db, self._target = directory, manifest, index, db, target
         self._lock = lock
+        self._store: VectorStore | None = None
+        self._pending: list[tuple[np.ndarray, np.ndarray]] = []  # (ids, vectors) added since opening
+        self._removed: set[int] = set()
 
     # -- opening
     @classmethod
@@ -446,13 +551,127 @@ class GalleryIndex:
     def count(self) -> int:
         return int(self.index.ntotal)
 
-    def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-`k` (scores, ids) per query row; ids of -1 mark missing results."""
+    @property
+    def views(self) -> list[str]:
+        """What each item's vector holds, side by side: "drawing" and/or "photo" embeddings."""
+        return views_of(self.manifest)
+
+    @property
+    def dim(self) -> int:
+        """The embedder's dimension, that of one view and of a query."""
+        return int(self.manifest.get("dim", self.index.d // len(self.views)))
+
+    @property
+    def fuse_weight(self) -> float:
+        """The default weight of the drawing view in the fused score (1.0 for an index with one view)."""
+        return float(self.manifest.get("fuse_weight", 1.0)) if len(self.views) > 1 else 1.0
+
+    @property
+    def store(self) -> VectorStore | None:
+        """The float16 vectors on disk (IVF-PQ indexes built with re-scoring), else None."""
+        if self._store is None and self.manifest.get("refine"):
+            self._store = VectorStore(self.directory, int(self.index.d))
+        return self._store
+
+    def search(self, vectors: np.ndarray, k: int, *, fuse_weight: float | None = None,
+               under: str | os.PathLike | None = None, dedupe: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+        """Top-`k` (scores, ids) per query row (one view wide); ids of -1 mark missing results.
+
+        `fuse_weight`: the drawing view's weight in the fused score of a two-view index (default: the
+        manifest's). `under`: only photos under this folder. `dedupe`: a cosine in (0, 1]: a result whose photo
+        embedding is at least this close to a better-ranked one's is dropped (0: keep all). IVF-PQ candidates
+        are re-scored exactly with the float16 vectors on disk when the index keeps them."""
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise UsageError(f"k must be a positive whole number of results, got {k!r}")
+        if isinstance(dedupe, bool) or not isinstance(dedupe, (int, float)) or not 0 <= dedupe <= 1:
+            raise UsageError(f"dedupe must be a cosine between 0 and 1 (0: off), got {dedupe!r}")
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
+            raise UsageError(f"queries of shape {vectors.shape}: this index wants rows of {self.dim} values "
+                             f"(its embedder's dimension)")
+        weights = view_weights(self.views, self.fuse_weight if fuse_weight is None else fuse_weight)
+        query = np.ascontiguousarray(np.hstack([w * vectors for w in weights]), dtype=np.float32)
         k = max(1, min(int(k), self.count))
-        return self.index.search(vectors, k)
+        params, allowed = self._selector(under)
+        wanted = min(self.count, k * 4) if dedupe else k
+        wanted = max(1, min(wanted, allowed))
+        store = self.store
+        fetch = max(1, min(self.count, wanted * int(self.manifest.get("refine", 1)))) if store else wanted
+        with stdout_to_stderr() if _has_disk_lists(self.index) else contextlib.nullcontext():
+            scores, ids = self.index.search(query, fetch, params=params)
+        if store is not None:
+            exact = np.einsum("qcd,qd->qc", store.get(ids).reshape(len(query), fetch, -1), query)
+            exact[ids < 0] = -np.inf
+            order = np.argsort(-exact, axis=1, kind="stable")
+            ids = np.take_along_axis(ids, order, axis=1)
+            scores = np.take_along_axis(exact, order, axis=1).astype(np.float32)
+            scores[ids < 0] = -np.inf
+        if dedupe:
+            scores, ids = self._collapse(scores, ids, dedupe)
+        scores, ids = scores[:, :k], ids[:, :k]
+        if ids.shape[1] < k:
+            pad = k - ids.shape[1]
+            ids = np.hstack([ids, np.full((len(ids), pad), -1, np.int64)])
+            scores = np.hstack([scores, np.full((len(ids), pad), -np.inf, np.float32)])
+        return scores, ids
+
+    def _selector(self, under: str | os.PathLike | None) -> tuple[object, int]:
+        """Faiss search parameters restricting results to the items under the folder `under` (None: every
+        item) and how many items that leaves."""
+        if under is None:
+            return None, self.count
+        prefix = like_prefix(os.path.abspath(under))
+        wanted = np.fromiter((r[0] for r in self.db.execute("SELECT id FROM items WHERE path LIKE ? ESCAPE '\\'",
+                                                            (prefix + "%",))), dtype=np.int64)
+        selector = faiss.IDSelectorBatch(len(wanted), faiss.swig_ptr(wanted))
+        selector.referenced_ids = wanted  # keep the array alive as long as the selector
+        if _is_ivf(self.index):
+            params = faiss.SearchParametersIVF(sel=selector, nprobe=faiss.extract_index_ivf(self.index).nprobe)
+        else:
+            inner = faiss.downcast_index(self.index.index) if isinstance(self.index, faiss.IndexIDMap) else self.index
+            if hasattr(inner, "hnsw"):
+                params = faiss.SearchParametersHNSW(sel=selector, efSearch=inner.hnsw.efSearch)
+            else:
+                params = faiss.SearchParameters(sel=selector)
+        params.referenced_selector = selector
+        return params, len(wanted)
+
+    def vectors(self, ids: Sequence[int]) -> np.ndarray:
+        """The stored (full-precision) vectors of `ids`, one row of all views per id (zeros for -1)."""
+        ids = np.asarray(ids, dtype=np.int64).ravel()
+        if self.store is not None:
+            return self.store.get(ids)
+        out = np.zeros((len(ids), self.index.d), np.float32)
+        known = ids >= 0
+        try:
+            if known.any():
+                out[known] = self.index.reconstruct_batch(ids[known])
+        except RuntimeError:
+            raise UsageError(f"{display_path(self.directory)}: this IVF-PQ index keeps no full-precision vectors "
+                             "(it was built before linedraw stored them); rebuild it to collapse duplicates") from None
+        return out
+
+    def view_vectors(self, ids: Sequence[int], view: str) -> np.ndarray:
+        """The `view` ("drawing" or "photo") part of the stored vectors of `ids`."""
+        column = self.views.index(view)
+        return self.vectors(ids)[:, column * self.dim:(column + 1) * self.dim]
+
+    def _collapse(self, scores: np.ndarray, ids: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+        """Drop, row by row, results whose photo embedding has cosine >= `threshold` with a better one's."""
+        view = "photo" if "photo" in self.views else self.views[0]
+        out_scores = np.full_like(scores, -np.inf)
+        out_ids = np.full_like(ids, -1)
+        for row in range(len(ids)):
+            valid = ids[row] >= 0
+            found = self.view_vectors(ids[row][valid], view)
+            found /= np.maximum(np.linalg.norm(found, axis=1, keepdims=True), 1e-12)
+            kept: list[int] = []
+            for j in range(len(found)):
+                if not kept or float((found[kept] @ found[j]).max()) < threshold:
+                    kept.append(j)
+            out_ids[row, :len(kept)] = ids[row][valid][kept]
+            out_scores[row, :len(kept)] = scores[row][valid][kept]
+        return out_scores, out_ids
 
     def items(self, ids: Sequence[int]) -> list[Item | None]:
         """The stored items for `ids` (None for -1 or unknown ids), in order."""
@@ -489,6 +708,8 @@ class GalleryIndex:
         ids = np.arange(first, first + len(items), dtype=np.int64)
         with stdout_to_stderr():
             self.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids)
+        if self.manifest.get("refine"):
+            self._pending.append((ids, np.asarray(vectors, dtype=np.float16)))
         rows = []
         for id_, item in zip(ids.tolist(), items):
             box = item.box or (None, None, None, None)
@@ -504,6 +725,7 @@ class GalleryIndex:
         ids = np.asarray(sorted(set(int(i) for i in ids)), dtype=np.int64)
         if not len(ids):
             return 0
+        self._removed.update(ids.tolist())
         if self.manifest["kind"] == "hnsw":
             # HNSW graphs cannot drop nodes: rebuild the graph from the stored vectors without them.
             all_ids = faiss.vector_to_array(self.index.id_map)
@@ -535,6 +757,9 @@ class GalleryIndex:
                     self.index = _move_lists_to_disk(self.index, self.directory / LISTS_FILE)
                 faiss.write_index(self.index, str(self.directory / FAISS_FILE))
             names = [FAISS_FILE, DB_FILE] + ([LISTS_FILE] if self.manifest.get("on_disk") else [])
+            if self.manifest.get("refine"):
+                self._write_store()
+                names += [VECTORS_FILE, VECTOR_IDS_FILE]
             self.manifest["sizes"] = {name: (self.directory / name).stat().st_size for name in names}
             write_text_atomic(self.directory / MANIFEST, json.dumps(self.manifest, indent=2, sort_keys=True))
             _fsync_dir(self.directory)
@@ -543,8 +768,23 @@ class GalleryIndex:
             self.discard()
             raise
         self.directory, self._target = self._target, None
+        self._store, self._pending, self._removed = None, [], set()
         self._release()
         self.db = _connect(self.directory / DB_FILE, writable=False)
+
+    def _write_store(self) -> None:
+        """Rewrite the float16 store of the work copy: its rows less the removed ones, plus the added ones."""
+        old = VectorStore(self.directory, int(self.index.d))
+        removed = np.fromiter(self._removed, dtype=np.int64)
+        parts: list[tuple] = []
+        if len(old.ids):
+            keep = np.flatnonzero(~np.isin(old.ids, removed)) if len(removed) else None
+            parts.append((old.ids if keep is None else old.ids[keep], old.vectors, keep))
+        for ids, vectors in self._pending:
+            mask = ~np.isin(ids, removed)
+            parts.append((ids[mask], vectors[mask]))
+        VectorStore.write(self.directory, parts, int(self.index.d))
+        self._store = None
 
     def discard(self) -> None:
         """Drop an uncommitted copy and release the lock."""
@@ -575,6 +815,12 @@ class GalleryIndex:
 
 class _Swapped(Exception):
     """A writer published a new version of the folder while `open` was reading it."""
+
+
+def like_prefix(directory: str) -> str:
+    """A SQL LIKE prefix (escape character backslash) matching the paths under the absolute `directory`."""
+    escaped = directory.rstrip(os.sep).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped + os.sep
 
 
 def _has_disk_lists(index: faiss.Index) -> bool:
@@ -808,7 +1054,8 @@ def merge_indexes(output: str | os.PathLike, shards: Sequence[str | os.PathLike]
             opened.append(GalleryIndex.open(shard))
         first = opened[0].manifest
         for shard in opened[1:]:
-            for key in ("embedder", "checkpoint", "dim", "kind", "objects", "training_fingerprint"):
+            for key in ("embedder", "checkpoint", "dim", "kind", "objects", "training_fingerprint", "views",
+                        "refine"):
                 if shard.manifest.get(key) != first.get(key):
                     raise UsageError(f"{display_path(shard.directory)}: {key} {shard.manifest.get(key)!r} differs "
                                      f"from {display_path(opened[0].directory)}'s {first.get(key)!r}; shards must "
@@ -824,6 +1071,8 @@ def merge_indexes(output: str | os.PathLike, shards: Sequence[str | os.PathLike]
                 merged.index = merge_ivf_lists(merged.index, [faiss.extract_index_ivf(s.index).invlists
                                                               for s in opened], merged.directory / LISTS_FILE)
                 merged.manifest["on_disk"] = True
+                if first.get("refine"):
+                    merged._pending = [(s.store.ids, s.store.vectors) for s in opened]
             else:
                 for shard in opened:
                     ids = faiss.vector_to_array(shard.index.id_map)
@@ -844,13 +1093,13 @@ def merge_indexes(output: str | os.PathLike, shards: Sequence[str | os.PathLike]
 
 def manifest_summary(manifest: dict) -> dict:
     """The manifest fields worth printing in `index info`."""
-    keys = ("kind", "factory", "count", "dim", "embedder", "checkpoint", "objects", "on_disk", "nprobe",
-            "ef_search", "created", "updated", "shard")
+    keys = ("kind", "factory", "count", "dim", "views", "fuse_weight", "embedder", "checkpoint", "objects",
+            "on_disk", "nprobe", "ef_search", "refine", "created", "updated", "shard")
     return {k: manifest.get(k) for k in keys if manifest.get(k) is not None}
 
 
 __all__ = [
     "Item", "IndexPlan", "GalleryIndex", "KINDS", "parse_size", "choose_kind", "plan_index",
     "create_faiss_index", "configure_search", "merge_indexes", "publish", "recover", "writer_lock",
-    "check_output", "read_manifest",
+    "check_output", "read_manifest", "views_of", "view_weights", "VectorStore", "VIEWS",
 ]
