@@ -3,7 +3,9 @@
 Each photo is resized (antialiased) so its short side is `size` (0 = native resolution), padded to what the
 generator needs (H, W multiples of 4, at least 16 px), run, cropped back, resized back to the photo's
 original size (line art is wanted at the size of the photo), then post-processed (line weight, threshold,
-invert). Photos over `max_pixels` at the processing size are run in overlapping tiles blended with a
+invert). With `thin` or `stroke_width` the strokes are instead thinned to centre lines at the processing size
+and redrawn at the output size with a pen of `stroke_width` output pixels (`linedraw.lineart`), so the pen does
+not change with `size`; `to_svg` writes the same centre lines as SVG paths (`linedraw.vector`). Photos over `max_pixels` at the processing size are run in overlapping tiles blended with a
 raised-cosine window; instance-norm statistics are computed over the whole image first, tile by tile, so a
 tiled result matches the untiled one away from the tile borders instead of changing tone from tile to tile.
 
@@ -150,6 +152,10 @@ class Converter:
         line_weight: int = 0,
         output_size: int | None = None,
         refuse_above_pixels: int = DEFAULT_REFUSE_PIXELS,
+        thin: bool = False,
+        min_stroke: int = 0,
+        stroke_width: float | None = None,
+        svg_tolerance: float = 1.0,
     ) -> None:
         if size is None:  # the checkpoint's own recommendation (the scale it was trained at), else the default
             size = int((config or {}).get("inference", {}).get("size", DEFAULT_SIZE))
@@ -166,6 +172,13 @@ class Converter:
             raise UsageError(f"threshold must be a number in [0, 1], got {threshold!r}")
         if backend not in BACKENDS:
             raise UsageError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        self.min_stroke = _check_int("min_stroke", min_stroke, 0)
+        for name, value in (("stroke_width", stroke_width), ("svg_tolerance", svg_tolerance)):
+            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise UsageError(f"{name} must be a positive number of pixels, got {value!r}")
+        if stroke_width is not None and line_weight:
+            raise UsageError("stroke_width and line_weight both set the pen: give one of them")
+        self.thin, self.stroke_width, self.svg_tolerance = bool(thin), stroke_width, float(svg_tolerance)
         self.model = model.eval().requires_grad_(False)
         self.config = dict(config or {})
         self.size, self.batch_size, self.output_size = size, batch_size, output_size
@@ -281,9 +294,28 @@ class Converter:
         drawings = self.convert_tensors(photos)
         return [_tensor_to_pil(d) for d in drawings]
 
+    def to_svg(self, images: Sequence[Image.Image | torch.Tensor]) -> list[str]:
+        """Photos -> SVG documents of their drawings' centre lines, sized like the photos (or `output_size`),
+        drawn with a pen of `stroke_width` px (default 1) and simplified to `svg_tolerance` px."""
+        from linedraw.lineart import thin
+        from linedraw.vector import check_svg_options, to_svg
+
+        check_svg_options(invert=self.invert, line_weight=self.line_weight)
+        photos = [image if isinstance(image, torch.Tensor) else pil_to_uint8(image) for image in images]
+        out = []
+        for drawing, photo in zip(self.convert_tensors(photos, raw=True), photos):
+            height, width = self._output_shape(tuple(photo.shape[-2:]))
+            skeleton = thin(drawing[0].cpu().numpy(), self.threshold if self.threshold is not None else 0.5,
+                            self.min_stroke)
+            out.append(to_svg(skeleton, (width, height), self.stroke_width or 1.0, self.svg_tolerance))
+        return out
+
     @torch.inference_mode()
-    def convert_tensors(self, photos: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """(3, H, W) photos (float in [0, 1] or uint8) -> (1, H, W) float drawings on the converter's device."""
+    def convert_tensors(self, photos: Sequence[torch.Tensor], raw: bool = False) -> list[torch.Tensor]:
+        """(3, H, W) photos (float in [0, 1] or uint8) -> (1, H, W) float drawings on the converter's device.
+
+        `raw=True` returns the network's drawings at the processing size, before `finish` (for smoothing them
+        over video frames, say)."""
         prepared = [self._prepare(p) for p in photos]
         outputs: list[torch.Tensor | None] = [None] * len(prepared)
         groups: dict[tuple[int, int], list[int]] = {}
@@ -299,7 +331,9 @@ class Converter:
                 result = self._forward(batch)
                 for i, drawing in zip(chunk, result):
                     outputs[i] = drawing[:, : prepared[i].shape[-2], : prepared[i].shape[-1]]
-        return [self._finish(out, photo) for out, photo in zip(outputs, photos)]
+        if raw:
+            return outputs
+        return [self.finish(out, tuple(photo.shape[-2:])) for out, photo in zip(outputs, photos)]
 
     # ----------------------------------------------------------------------------------------- steps
 
@@ -315,16 +349,34 @@ class Converter:
             x = _resize(x, target)
         return x
 
-    def _finish(self, drawing: torch.Tensor, photo: torch.Tensor) -> torch.Tensor:
-        """Back to the photo's size (or `output_size`), then line-art post-processing."""
+    def finish(self, drawing: torch.Tensor, photo_shape: tuple[int, int]) -> torch.Tensor:
+        """A raw (1, h, w) network drawing -> the finished (1, H, W) drawing for a photo of `photo_shape` (H, W):
+        resized to the photo's size (or `output_size`), then the line-art options."""
         drawing = drawing.float()
-        shape = tuple(photo.shape[-2:])
-        if self.output_size is not None:
-            shape = _processing_shape(*shape, self.output_size)
+        shape = self._output_shape(photo_shape)
+        if self.thin or self.stroke_width is not None:
+            from linedraw.lineart import finish
+
+            image = finish(drawing[0].cpu().numpy(), thin=True, min_stroke=self.min_stroke,
+                           stroke_width=self.stroke_width, out_size=(shape[1], shape[0]),
+                           threshold=self.threshold if self.threshold is not None else 0.5)
+            drawing = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0)[None].to(self.device)
+            return postprocess(drawing[None], self.invert)[0]
+        if self.min_stroke:
+            from linedraw.lineart import remove_specks
+
+            cleaned = remove_specks(drawing[0].cpu().numpy(), self.min_stroke)
+            drawing = torch.from_numpy(np.ascontiguousarray(cleaned, dtype=np.float32))[None].to(self.device)
         if drawing.shape[-2:] != shape:
             drawing = _resize(drawing, shape)
         drawing = postprocess(drawing[None], self.invert, self.threshold, self.line_weight)[0]
         return drawing.clamp_(0.0, 1.0)
+
+    def _output_shape(self, photo_shape: tuple[int, int]) -> tuple[int, int]:
+        """(H, W) of the written drawing: the photo's, or scaled so its short side is `output_size`."""
+        if self.output_size is not None:
+            return _processing_shape(*photo_shape, self.output_size)
+        return tuple(photo_shape)
 
     def _forward(self, batch: torch.Tensor, hooks: bool = False) -> torch.Tensor:
         """Run the generator; `hooks=True` when forward hooks on its modules must run (PyTorch only)."""

@@ -311,16 +311,17 @@ def _umask() -> int:
     return mask
 
 
-def list_images(inputs: Iterable[PathLike]) -> list[tuple[Path, Path]]:
+def list_images(inputs: Iterable[PathLike], extensions: Iterable[str] = IMAGE_EXTENSIONS) -> list[tuple[Path, Path]]:
     """Expand files, directories (recursively) and glob patterns into `(path, relative_path)` pairs.
 
     `relative_path` is where the file sits below the directory (or the glob's fixed prefix) it was found in,
-    so outputs can mirror the input tree. Walks skip hidden files and folders and keep only
-    `IMAGE_EXTENSIONS`; files named explicitly, and inputs that do not exist, are passed through so that
+    so outputs can mirror the input tree. Walks skip hidden files and folders and keep only `extensions`
+    (lower case, default `IMAGE_EXTENSIONS`); files named explicitly, and inputs that do not exist, are passed through so that
     opening them reports the problem. Duplicates are dropped; order is stable (sorted per input).
     """
     found: list[tuple[Path, Path]] = []
     seen: set[str] = set()
+    extensions = frozenset(extensions)
 
     def add(path: Path, relative: Path) -> None:
         key = os.path.normcase(os.path.abspath(path))
@@ -332,7 +333,7 @@ def list_images(inputs: Iterable[PathLike]) -> list[tuple[Path, Path]]:
         text = os.fspath(item)
         path = Path(text)
         if path.is_dir():
-            for file in _walk(path):
+            for file in _walk(path, extensions):
                 add(file, file.relative_to(path))
         elif path.exists() or not _has_magic(text):
             add(path, Path(path.name))
@@ -341,9 +342,9 @@ def list_images(inputs: Iterable[PathLike]) -> list[tuple[Path, Path]]:
             for match in sorted(glob.glob(text, recursive=True)):
                 match_path = Path(match)
                 if match_path.is_dir():
-                    for file in _walk(match_path):
+                    for file in _walk(match_path, extensions):
                         add(file, file.relative_to(base))
-                elif _is_image_name(match_path):
+                elif _is_image_name(match_path, extensions):
                     add(match_path, match_path.relative_to(base))
     return found
 
@@ -352,15 +353,15 @@ def _has_magic(text: str) -> bool:
     return _GLOB_MAGIC.search(text) is not None
 
 
-def _is_image_name(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+def _is_image_name(path: Path, extensions: frozenset[str] = IMAGE_EXTENSIONS) -> bool:
+    return path.suffix.lower() in extensions and not path.name.startswith(".")
 
 
-def _walk(root: Path) -> list[Path]:
+def _walk(root: Path, extensions: frozenset[str] = IMAGE_EXTENSIONS) -> list[Path]:
     files = []
     for directory, subdirs, names in os.walk(root):
         subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
-        files += [Path(directory) / n for n in sorted(names) if _is_image_name(Path(n))]
+        files += [Path(directory) / n for n in sorted(names) if _is_image_name(Path(n), extensions)]
     return files
 
 

@@ -203,11 +203,15 @@ def finish(
         isinstance(stroke_width, (int, float)) and np.isfinite(stroke_width) and stroke_width > 0
     ):
         raise UsageError(f"stroke_width must be a positive number of pixels, got {stroke_width!r}")
-    if thin or stroke_width is not None:
+    if stroke_width is not None:
         skeleton = _thin(array, threshold, min_stroke, weak_threshold)
-        width = 1.0 if stroke_width is None else float(stroke_width)
-        array = render_strokes(skeleton, (out_w, out_h), width, antialias=antialias and stroke_width is not None)
-        return _to_pil(array)
+        return _to_pil(render_strokes(skeleton, (out_w, out_h), float(stroke_width), antialias=antialias))
+    if thin:
+        skeleton = _thin(array, threshold, min_stroke, weak_threshold)
+        if (out_w, out_h) != (w, h):  # scaled centre lines step in pairs of pixels: thin them again at the output size
+            _, _, morphology = _libs()
+            skeleton = morphology.skeletonize(centre_line(skeleton, (out_w, out_h)))
+        return _to_pil(np.where(skeleton, 0.0, 1.0).astype(np.float32))
     if min_stroke:
         array = remove_specks(array, min_stroke, threshold)
     image = _to_pil(array)

@@ -32,8 +32,10 @@ if TYPE_CHECKING:  # the heavy imports (torch, Pillow) wait until work starts, s
     from linedraw.images import PathLike
 
 #: Output formats: name -> (Pillow format, file suffix, save options). WebP has no grey-scale mode: drawings are
-#: stored as three equal channels (PNG and JPEG stay one-channel).
-FORMATS = {"png": ("PNG", ".png", {}), "jpg": ("JPEG", ".jpg", {"quality": 95}), "webp": ("WEBP", ".webp", {"quality": 95})}
+#: stored as three equal channels (PNG and JPEG stay one-channel). "svg" writes centre-line paths
+#: (`Converter.to_svg`). Videos are written as videos whatever the format (see `plan_outputs`).
+FORMATS = {"png": ("PNG", ".png", {}), "jpg": ("JPEG", ".jpg", {"quality": 95}),
+           "webp": ("WEBP", ".webp", {"quality": 95}), "svg": (None, ".svg", {})}
 
 #: Of several photos with one stem in one folder, the first extension here keeps the plain `<stem>.<format>`
 #: output name; the others (and extensions not listed, in alphabetical order) get `<stem>.<ext>.<format>`.
@@ -83,14 +85,16 @@ class ConversionInterrupted(KeyboardInterrupt):
 def plan_outputs(inputs: Iterable[PathLike], outdir: PathLike, format: str = "png") -> list[Task]:
     """Files, directories (recursive) and globs -> one task per photo, each with its own output path.
 
-    Outputs mirror each input's tree (`photos/a/b.jpg` -> `outdir/a/b.png`). Same-stem photos of one folder
+    Outputs mirror each input's tree (`photos/a/b.jpg` -> `outdir/a/b.png`); a video keeps its name
+    (`clip.mp4` -> `outdir/clip.mp4`; containers linedraw cannot write become `.mp4`). Same-stem photos of one folder
     are told apart by `EXTENSION_PRIORITY` (the first keeps `b.png`, the others get `b.<ext>.png`), so adding
     `b.png` beside `b.jpg` renames nothing already written. Inputs whose outputs would land on one path write
     under `outdir/<input folder's name>/`. Files inside `outdir` found by walking an input are an earlier
     run's drawings and are left out. Raises `UsageError` when `outdir` is an input folder, or when two photos
     would still share an output. The mapping depends only on the inputs, so reruns map alike.
     """
-    from linedraw.images import display_path, list_images
+    from linedraw.images import IMAGE_EXTENSIONS, display_path, list_images
+    from linedraw.video import OUTPUT_FORMATS, VIDEO_EXTENSIONS, is_video
 
     if format not in FORMATS:
         raise UsageError(f"format must be one of {', '.join(sorted(FORMATS))}, got {format!r}")
@@ -108,7 +112,7 @@ def plan_outputs(inputs: Iterable[PathLike], outdir: PathLike, format: str = "pn
                 "mixed with the photos (and taken for photos by the next run); choose another output folder"
             )
         found = []
-        for source, relative in list_images([item]):
+        for source, relative in list_images([item], IMAGE_EXTENSIONS | VIDEO_EXTENSIONS):
             key = os.path.normcase(os.path.abspath(source))
             if key in seen:
                 continue
@@ -119,10 +123,17 @@ def plan_outputs(inputs: Iterable[PathLike], outdir: PathLike, format: str = "pn
         per_input.append(found)
 
     # Same-stem photos of one real folder: a fixed extension order picks the one keeping the plain name.
-    names: list[list[Path]] = [[relative.with_suffix(suffix) for _, relative in found] for found in per_input]
+    def output_name(source: Path, relative: Path) -> Path:
+        if is_video(source):
+            return relative if relative.suffix.lower() in OUTPUT_FORMATS else relative.with_suffix(".mp4")
+        return relative.with_suffix(suffix)
+
+    names: list[list[Path]] = [[output_name(*pair) for pair in found] for found in per_input]
     siblings: dict[tuple[str, str], list[tuple[int, int]]] = {}
     for i, found in enumerate(per_input):
         for j, (source, _) in enumerate(found):
+            if is_video(source):
+                continue
             folder = os.path.normcase(os.path.realpath(source.parent))
             siblings.setdefault((folder, source.stem), []).append((i, j))
     for group in siblings.values():
@@ -229,6 +240,7 @@ def convert_files(
     on_warning: Callable[[str], object] | None = None,
     explain: Callable[[Exception], str] = failure_reason,
     progress: bool = False,
+    temporal: float = 0.0,
 ) -> Summary:
     """Convert every task's photo with `converter` (a `linedraw.Converter`) and save it to the task's target.
 
@@ -237,14 +249,20 @@ def convert_files(
     `on_error(task, reason)` and in the summary, and (with `errors`, checked writable before any work) in a
     `path,reason` CSV; `on_warning(line)` hears about multi-frame files. `explain(error)` words the reason for
     read errors (the CLI names its own flags). `workers` decode and as many save (None: `default_workers`,
-    0: in this thread). Ctrl-C raises `ConversionInterrupted` once the drawings already made are saved.
+    0: in this thread). Videos are converted after the photos, frame by frame in batches, their network output
+    smoothed over time by `temporal` (`linedraw.video`). Ctrl-C raises `ConversionInterrupted` once the
+    drawings already made are saved.
     """
     from tqdm import tqdm
 
-    from linedraw.images import check_writable, display_path, open_image, remove_stale_temp_files, save_image
+    from linedraw.images import (check_writable, display_path, open_image, remove_stale_temp_files, save_image,
+                                 write_text_atomic)
+    from linedraw.video import is_video
 
     if format not in FORMATS:
         raise UsageError(f"format must be one of {', '.join(sorted(FORMATS))}, got {format!r}")
+    if not (isinstance(temporal, (int, float)) and 0.0 <= temporal < 1.0):
+        raise UsageError(f"temporal must be in [0, 1) (0 = no smoothing), got {temporal!r}")
     if workers is None:
         workers = default_workers(converter.device)
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
@@ -255,6 +273,16 @@ def convert_files(
     if errors is not None:
         check_writable(errors)  # before any work: a typo must not cost a whole run
     pil_format, _, save_options = FORMATS[format]
+    if format == "svg":
+        from linedraw.vector import check_svg_options
+
+        check_svg_options(invert=converter.invert, line_weight=converter.line_weight)
+        render, save = converter.to_svg, write_text_atomic
+    else:
+        render = converter.convert
+
+        def save(path, drawing) -> None:
+            save_image(drawing, path, pil_format, **save_options)
     summary = Summary()
 
     def fail(task: Task, reason: str) -> None:
@@ -262,15 +290,15 @@ def convert_files(
         if on_error is not None:
             on_error(task, reason)
 
-    todo = []
+    todo, videos = [], []
     for task in list(tasks)[index::count]:
         if _same_file(task.source, task.target):
             fail(task, "output would overwrite the input; choose another output folder")
         elif skip_existing and task.target.exists():
             summary.skipped += 1
         else:
-            todo.append(task)
-    for folder in sorted({task.target.parent for task in todo}):
+            (videos if is_video(task.source) else todo).append(task)
+    for folder in sorted({task.target.parent for task in todo + videos}):
         for stale in remove_stale_temp_files(folder):
             if on_warning is not None:
                 on_warning(f"removed {display_path(stale)}, a temp file left by an interrupted run")
@@ -315,10 +343,14 @@ def convert_files(
                         fail_one(task, explain(result))
                     else:
                         good.append((task, result))
-                for task, drawing in _convert_chunk(converter, good, fail_one):
-                    pending.append((task, writers.submit(save_image, drawing, task.target, pil_format,
-                                                         **save_options)))
+                for task, drawing in _convert_chunk(render, good, fail_one):
+                    pending.append((task, writers.submit(save, task.target, drawing)))
                 collect(block_above=4 * converter.batch_size)
+            bar.close()
+            for task in videos:
+                _convert_video(converter, task, temporal, progress, fail)
+                if task.target.exists():
+                    summary.converted += 1
         except KeyboardInterrupt:
             interrupted = True
         finally:
@@ -326,7 +358,7 @@ def convert_files(
             collect(block_above=0)
     bar.close()
     summary.elapsed = time.perf_counter() - start
-    summary.left = len(todo) - summary.converted - (summary.failed - failed_before)
+    summary.left = len(todo) + len(videos) - summary.converted - (summary.failed - failed_before)
     if errors is not None:
         write_errors_csv(errors, summary.failures)
     if interrupted:
@@ -345,20 +377,34 @@ def write_errors_csv(path: PathLike, failures: Iterable[tuple[str, str]]) -> Non
     write_atomic(path, lambda handle: handle.write(text.getvalue().encode("utf-8")))
 
 
-def _convert_chunk(converter, good: list, fail: Callable[[Task, str], None]) -> Iterator:
-    """Convert a chunk together; if the batch fails (e.g. out of memory), retry each photo on its own."""
+def _convert_chunk(render: Callable, good: list, fail: Callable[[Task, str], None]) -> Iterator:
+    """Convert a chunk together with `render` (photos -> outputs); if the batch fails (e.g. out of memory),
+    retry each photo on its own."""
     if not good:
         return
     try:
-        drawings = converter.convert([photo for _, photo in good])
+        drawings = render([photo for _, photo in good])
     except Exception as exc:
         if len(good) == 1:
             fail(good[0][0], f"conversion failed: {exc}")
             return
         for item in good:
-            yield from _convert_chunk(converter, [item], fail)
+            yield from _convert_chunk(render, [item], fail)
         return
     yield from zip((task for task, _ in good), drawings)
+
+
+def _convert_video(converter, task: Task, temporal: float, progress: bool, fail: Callable[[Task, str], None]) -> None:
+    """One video through the converter's batches: the raw network output is smoothed, then finished per frame."""
+    from linedraw.images import ImageError
+    from linedraw.video import convert_video
+
+    try:
+        convert_video(lambda frames: converter.convert_tensors(frames, raw=True), task.source, task.target,
+                      temporal=temporal, batch_size=converter.batch_size, progress=progress,
+                      finish=converter.finish)
+    except ImageError as exc:  # VideoError: unreadable or unsupported; the batch goes on
+        fail(task, exc.reason)
 
 
 def _prefetch(fn: Callable, items: list, workers: int) -> Iterator[tuple[object, object]]:

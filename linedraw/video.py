@@ -67,14 +67,15 @@ def convert_video(
     temporal: float = 0.0,
     batch_size: int = 4,
     progress: bool = True,
-    finish: Callable[[torch.Tensor], Any] | None = None,
+    finish: Callable[[torch.Tensor, tuple[int, int]], Any] | None = None,
 ) -> VideoSummary:
     """Convert every frame of the video `src` into a drawing and write them as the video `dst`.
 
-    `converter_fn` takes a list of (3, H, W) float RGB frames in [0, 1] and returns (1, H, W) drawings in
-    [0, 1]; `temporal` in [0, 1) smooths them over time (0 = off, see the module docstring); `finish`, if
-    given, turns each smoothed (1, H, W) drawing into the frame to write (a PIL image, an (H, W) array in [0, 1]
-    or uint8, or a tensor), e.g. `linedraw.lineart.finish`. Raises `VideoError` naming a file FFmpeg cannot use.
+    `converter_fn` takes a list of (3, H, W) float RGB frames in [0, 1] and returns (1, h, w) drawings in
+    [0, 1]; `temporal` in [0, 1) smooths them over time (0 = off, see the module docstring); `finish(drawing,
+    (H, W))`, if given, turns each smoothed drawing into the frame of the video's size H x W to write (a PIL
+    image, an (H, W) array in [0, 1] or uint8, or a tensor), e.g. `Converter.finish` after
+    `Converter.convert_tensors(frames, raw=True)`; without it the drawings must already be H x W. Raises `VideoError` naming a file FFmpeg cannot use.
     """
     if not (isinstance(temporal, (int, float)) and 0.0 <= temporal < 1.0):
         raise UsageError(f"temporal must be in [0, 1) (0 = no smoothing), got {temporal!r}")
@@ -114,7 +115,8 @@ def convert_video(
                             if temporal and previous is not None:
                                 drawing = previous.mul(temporal).add_(drawing, alpha=1.0 - temporal)
                             previous = drawing
-                            grey = _to_grey(finish(drawing) if finish is not None else drawing, out.width, out.height)
+                            grey = _to_grey(finish(drawing, (height, width)) if finish is not None else drawing,
+                                            out.width, out.height)
                             frame = av.VideoFrame.from_ndarray(grey, format="gray")
                             _mux(av, output, out.encode(frame), dst)
                             count += 1

@@ -103,7 +103,8 @@ def test_smoothing_is_the_moving_average_of_the_outputs_and_frames_are_batched(t
         batches.append(len(frames))
         return [torch.full((1, *frame.shape[1:]), float(next(values))) for frame in frames]
 
-    def finish(drawing):
+    def finish(drawing, shape):
+        assert shape == tuple(drawing.shape[-2:])
         seen.append(float(drawing.mean()))
         return drawing
 

@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from linedraw.commands.options import WarnOnDeprecated, add_device, add_output
+from linedraw.commands.options import WarnOnDeprecated, add_device, add_output, add_quiet
 from linedraw.pipeline import FORMATS
 
 OUTPUT_NAMES = """\
@@ -25,7 +25,12 @@ nothing already written (adding b.jpg beside b.png does: rerun that folder witho
 the outputs of different INPUTs would land on one path (dA/x.jpg and dB/x.jpg), each of those INPUTs writes
 under OUTDIR/<its folder's name>/ (OUTDIR/dA/x.png, OUTDIR/dB/x.png); if even that collides, nothing is
 converted and the error says which files. Earlier drawings inside an INPUT folder (-o photos/drawings with
-INPUT photos/) are never taken for photos; OUTDIR equal to an INPUT folder is refused."""
+INPUT photos/) are never taken for photos; OUTDIR equal to an INPUT folder is refused. Videos (clip.mp4) are
+converted frame by frame into a video of the same name, frame rate and size (H.264 in .mp4).
+
+line art: --thin reduces every stroke to its 1-px centre line; --stroke-width PX redraws those centre lines
+with a pen PX pixels wide in the written image, whatever --size the network ran at; --format svg writes them as
+SVG paths (plain <path> elements, the pen as stroke-width) for plotters, cutters and editors."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -37,7 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=OUTPUT_NAMES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, directories (recursive) or globs")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="image or video files, directories (recursive) or globs")
     add_output(parser, "where the drawings go", metavar="OUTDIR")
     parser.add_argument(
         "--checkpoint", default="contour", metavar="NAME|PATH",
@@ -74,15 +80,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="threads decoding (and as many saving) images; 0 = main thread (default: 2 on a GPU; on "
                         "the CPU, the cores torch's own threads leave free)")
     parser.add_argument("--format", choices=sorted(FORMATS), default="png",
-                        help="output format (default: png; png and jpg are grey-scale, webp has no grey-scale mode "
-                        "and stores three equal channels)")
+                        help="output format of photos (default: png; png and jpg are grey-scale, webp has no "
+                        "grey-scale mode and stores three equal channels; svg: centre-line paths)")
     parser.add_argument("--skip-existing", action="store_true", help="leave outputs that already exist (resume)")
     parser.add_argument("--invert", action="store_true", help="white lines on black (as ControlNet expects)")
     parser.add_argument("--threshold", type=float, default=None, metavar="T",
                         help="binarise: values >= T (in [0, 1]) become white, the rest black")
     parser.add_argument("--line-weight", type=int, default=0, metavar="N",
                         help="thicken (N > 0) or thin (N < 0) the dark lines by |N| pixels, |N| <= 32")
+    parser.add_argument("--thin", action="store_true", help="crisp 1-px centre lines (see below)")
+    parser.add_argument("--min-stroke", type=int, default=0, metavar="PX",
+                        help="drop strokes shorter than PX pixels at the processing size (specks; default: 0)")
+    parser.add_argument("--stroke-width", type=float, default=None, metavar="PX",
+                        help="redraw the centre lines with a pen PX output pixels wide (implies --thin)")
+    parser.add_argument("--svg-tolerance", type=float, default=1.0, metavar="PX",
+                        help="--format svg: simplify paths to within PX output pixels (default: 1)")
+    parser.add_argument("--temporal", type=float, default=0.0, metavar="T",
+                        help="videos: smooth the drawing over frames, T in [0, 1) (0 = off, the default; 0.5 "
+                             "already removes most flicker)")
     parser.add_argument("--errors", metavar="FILE", help="also write the failures as CSV (path,reason)")
+    add_quiet(parser)
     parser.set_defaults(func=run)
 
 
@@ -99,6 +116,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.workers is not None and args.workers < 0:
         raise UsageError(f"--workers must be >= 0 (0 = decode and save in the main thread), got {args.workers}")
+    if args.format == "svg" and (args.invert or args.line_weight):
+        raise UsageError(f"--format svg cannot be combined with {'--invert' if args.invert else '--line-weight'}: "
+                         "SVG strokes are black paths (use --stroke-width for the pen)")
     rank, world, show_progress = _process_share()
     device = resolve_device(args.device)
     errors_path = _errors_path(args.errors, rank if world > 1 else None) if args.errors else None
@@ -118,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
         threshold=args.threshold, line_weight=args.line_weight, output_size=args.output_size,
         refuse_above_pixels=DEFAULT_MAX_PIXELS if args.refuse_above_pixels is None else args.refuse_above_pixels,
         channels_last={"auto": None, "on": True, "off": False}[args.channels_last], backend=args.backend,
+        thin=args.thin, min_stroke=args.min_stroke, stroke_width=args.stroke_width, svg_tolerance=args.svg_tolerance,
         **{k: v for k, v in options.items() if v is not None},
     )
 
@@ -130,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         summary = convert_files(
             converter, tasks, format=args.format, workers=args.workers, skip_existing=args.skip_existing,
-            shard=(rank, world), errors=errors_path, explain=explain, progress=show_progress,
+            shard=(rank, world), errors=errors_path, explain=explain, progress=show_progress and not args.quiet, temporal=args.temporal,
             on_error=lambda task, reason: tqdm.write(f"{prefix}failed: {display_path(task.source)}: {reason}",
                                                      file=sys.stderr),
             on_warning=lambda line: tqdm.write(f"{prefix}warning: {line}", file=sys.stderr),
