@@ -26,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="queries embedded at once (default: the CPU count, at most 4); torch gets the CPUs "
                              "divided among them")
     parser.add_argument("--max-upload", default="20M", help="largest upload in bytes, e.g. 20M (default: 20M)")
-    parser.add_argument("--max-pixels", type=int, default=40_000_000,
+    parser.add_argument("--max-upload-pixels", type=int, default=40_000_000,
                         help="largest uploaded image in pixels (default: 40000000)")
     parser.add_argument("--nprobe", type=int, default=0, help="IVF cells to visit (default: the manifest's)")
     parser.add_argument("--ef-search", type=int, default=0, help="HNSW search breadth (default: the manifest's)")
@@ -53,8 +53,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"-k must be between 1 and {MAX_K}, not {args.k}")
     if args.workers < 0:
         raise UsageError(f"--workers must be at least 1 (or 0 for the default), not {args.workers}")
-    if args.max_pixels < 1:
-        raise UsageError(f"--max-pixels must be at least 1, not {args.max_pixels}")
+    if args.max_upload_pixels < 1:
+        raise UsageError(f"--max-upload-pixels must be at least 1, not {args.max_upload_pixels}")
     try:
         max_upload = parse_size(args.max_upload)
     except ValueError as exc:
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         set_torch_threads(workers)
         search = SketchSearch(args.indexes, str(resolve_device(args.device)), nprobe=args.nprobe,
-                              ef_search=args.ef_search, max_upload_bytes=max_upload, max_pixels=args.max_pixels,
+                              ef_search=args.ef_search, max_upload_bytes=max_upload, max_pixels=args.max_upload_pixels,
                               default_k=args.k)
         try:
             server = make_server(create_app(search, workers=workers, host=args.host))
