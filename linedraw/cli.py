@@ -17,6 +17,7 @@ COMMAND_MODULES: list[str] = [
     "linedraw.commands.export",
     "linedraw.commands.eval",
     "linedraw.commands.study",
+    "linedraw.commands.train",
     "linedraw.commands.precompute",
     "linedraw.commands.distill",
     "linedraw.commands.index",

@@ -10,6 +10,9 @@ path works from any working directory; `data.root` given as an override (`data.r
 current directory, as a user typing it means. The resolved config holds an absolute `data.root`; the data
 source paths (`data.photos`, `data.drawings`, their masks, targets and exclude lists) are relative to it.
 `output_dir` and weights files named in teacher specs stay relative to the current directory.
+
+The shipped configs (`smoke`, `contour-offline`, `paper`) are package data in `linedraw/configs/` (the
+checkout's `train/configs/` links to them): `find_config("smoke")` finds one by name, any other value is a path.
 """
 from __future__ import annotations
 
@@ -328,6 +331,27 @@ def _read_yaml(path: Path) -> dict:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
     return raw
+
+
+#: Folder of the shipped training configs (package data).
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def shipped_configs() -> list[str]:
+    """Names of the shipped training configs, e.g. ["contour-offline", "paper", "smoke"]."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def find_config(name_or_path: str | Path) -> Path:
+    """The config file `name_or_path` refers to: an existing file, else a shipped config of that name."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    text = str(name_or_path)
+    if not path.suffix and "/" not in text and os.sep not in text and (CONFIG_DIR / f"{text}.yaml").is_file():
+        return CONFIG_DIR / f"{text}.yaml"
+    raise ConfigError(f"{text}: no such config file, nor a shipped config of that name "
+                      f"(shipped: {', '.join(shipped_configs()) or 'none'})")
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
