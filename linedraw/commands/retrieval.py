@@ -117,11 +117,7 @@ def _run_train(args: argparse.Namespace) -> int:
         gallery, kind = str(root), "drawings"
     config = _train_config(args, sketches=args.sketches, gallery=gallery, gallery_kind=kind,
                            output_dir=args.output, classes=classes)
-    try:
-        _, bad = train_embedder(config)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    _, bad = train_embedder(config)
     errors += bad
     print(f"embedder written to {args.output} (use it as --embedder {args.output})")
     if errors:

@@ -21,10 +21,14 @@ from typing import Sequence
 
 import torch
 
+from linedraw.data.unpaired import DataError
+from linedraw.errors import UsageError
 from linedraw.images import write_atomic_path
 from linedraw.retrieval.augment import augment
 from linedraw.retrieval.losses import retrieval_loss
 from linedraw.retrieval.trained import TrainedEmbedder, build_trained_embedder, save_trained_embedder
+from linedraw.training.schedules import schedule, warmup_cosine
+from linedraw.training.state import RunStateError, load_torch
 
 RESUME_FILE = "resume.pt"
 _SKETCH_SUFFIX = re.compile(r"-\d+$")
@@ -59,6 +63,25 @@ class EmbedderTrainConfig:
     seed: int = 0
     feature_cache: str | None = None  # where feature banks are kept (default: output_dir); runs may share one
 
+    def validate(self) -> None:
+        """Raise UsageError naming the first setting out of range (before anything is computed or written)."""
+        from linedraw.retrieval.losses import LOSSES
+
+        if self.gallery_kind not in ("drawings", "photos"):
+            raise UsageError(f"gallery_kind must be 'drawings' or 'photos', got {self.gallery_kind!r}")
+        if self.loss not in LOSSES:
+            raise UsageError(f"unknown loss {self.loss!r}; choose from {sorted(LOSSES)}")
+        for name in ("embed_dim", "hidden_dim", "steps", "classes_per_batch", "samples_per_class", "views",
+                     "batch_size", "save_every"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("lr", "temperature"):
+            if not getattr(self, name) > 0:
+                raise UsageError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("weight_decay", "margin", "instance_weight"):
+            if getattr(self, name) < 0:
+                raise UsageError(f"{name} must be >= 0, got {getattr(self, name)}")
+
 
 @dataclass
 class LabeledImages:
@@ -80,9 +103,9 @@ def scan_pairs(
     names = sorted(classes) if classes is not None else available
     missing = sorted(set(names) - set(available))
     if missing:
-        raise FileNotFoundError(f"class folders missing under {sketch_root} or {gallery_root}: {', '.join(missing)}")
+        raise DataError(f"class folders missing under {sketch_root} or {gallery_root}: {', '.join(missing)}")
     if not names:
-        raise FileNotFoundError(f"no class folders in both {sketch_root} and {gallery_root}")
+        raise DataError(f"no class folders in both {sketch_root} and {gallery_root}")
     gallery_paths, gallery_labels, stems = [], [], {}
     for label, name in enumerate(names):
         for path in _class_images(gallery_root / name):
@@ -147,7 +170,7 @@ class PKSampler:
     def __init__(self, sketches: LabeledImages, gallery: LabeledImages, classes: int, samples: int) -> None:
         usable = sorted(set(sketches.labels.tolist()) & set(gallery.labels.tolist()))
         if len(usable) < 2:
-            raise ValueError(f"need at least 2 classes with both sketches and gallery images, found {len(usable)}")
+            raise UsageError(f"need at least 2 classes with both sketches and gallery images, found {len(usable)}")
         self.classes = torch.tensor(usable)
         self.p = min(classes, len(usable))
         self.k = samples
@@ -241,16 +264,18 @@ def train_embedder(config: EmbedderTrainConfig, quiet: bool = False) -> tuple[Tr
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 
-    if config.gallery_kind not in ("drawings", "photos"):
-        raise ValueError(f"gallery_kind must be 'drawings' or 'photos', got {config.gallery_kind!r}")
+    config.validate()
     if not config.augment:
         config = dataclasses.replace(config, views=1)
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     accelerator = Accelerator()
     torch.manual_seed(config.seed)
-    model = build_trained_embedder(config.base, config.embed_dim, config.hidden_dim, config.unfreeze,
-                                   name=f"trained[{config.base}]:{out.name}")
+    try:
+        model = build_trained_embedder(config.base, config.embed_dim, config.hidden_dim, config.unfreeze,
+                                       name=f"trained[{config.base}]:{out.name}")
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     sketches, gallery = scan_pairs(config.sketches, config.gallery, config.classes)
     sketches, bad_sketches = drop_unreadable(sketches, "checking sketches")
     gallery, bad_gallery = drop_unreadable(gallery, "checking gallery")
@@ -262,16 +287,20 @@ def train_embedder(config: EmbedderTrainConfig, quiet: bool = False) -> tuple[Tr
 
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _cosine_with_warmup(s, config.steps))
+    # linear warm-up over the first 5% of steps, then cosine decay to 0
+    scheduler = schedule(optimizer, warmup_cosine(max(1, config.steps // 20), config.steps))
     start = 0
     resume_path = out / RESUME_FILE
     if resume_path.is_file():
-        state = torch.load(resume_path, map_location="cpu", weights_only=True)
-        saved = json.loads(state["config"])
+        state = load_torch(resume_path)  # weights only: a planted pickle is refused, naming the file
+        try:
+            saved = json.loads(state["config"])
+        except (TypeError, KeyError, json.JSONDecodeError):
+            raise RunStateError(f"{resume_path}: not a resume file of this trainer") from None
         ignored = ("save_every", "feature_cache")
         changed = [k for k, v in dataclasses.asdict(config).items() if saved.get(k) != v and k not in ignored]
         if changed:
-            raise ValueError(f"{resume_path}: this output dir was trained with other settings ({', '.join(changed)}); "
+            raise UsageError(f"{resume_path}: this output dir was trained with other settings ({', '.join(changed)}); "
                              "use a new output dir, or delete resume.pt to start over")
         model.load_state_dict(state["trainable"], strict=False)
         optimizer.load_state_dict(state["optimizer"])
@@ -341,14 +370,3 @@ def _save_resume(path: Path, model: TrainedEmbedder, optimizer, scheduler, step:
     state = {"trainable": _trainable_state(model), "optimizer": optimizer.state_dict(),
              "scheduler": scheduler.state_dict(), "step": step, "config": json.dumps(dataclasses.asdict(config))}
     write_atomic_path(path, lambda tmp: torch.save(state, tmp))
-
-
-def _cosine_with_warmup(step: int, total: int) -> float:
-    """Learning-rate factor: linear warm-up over the first 5% of steps, then cosine decay to 0 at `total`."""
-    import math
-
-    warmup = max(1, total // 20)
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
