@@ -332,3 +332,34 @@ def test_train_cli_raw_photos_and_class_file(shapes, tmp_path):
     assert config["training"]["classes"] == ["square", "triangle"]
     assert config["training"]["config"]["gallery_kind"] == "photos"
     assert load_trained_embedder(out).embed_dim == 8
+
+
+class _Payload:
+    """Unpickling this creates `marker` (stands in for any code a planted pickle could run)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_planted_resume_file_is_refused_naming_it(shapes, tmp_path):
+    from linedraw.errors import LinedrawError
+
+    out = tmp_path / "run"
+    out.mkdir()
+    marker = tmp_path / "pwned"
+    torch.save({"step": _Payload(marker)}, out / te.RESUME_FILE)
+    with pytest.raises(LinedrawError, match="resume.pt"):
+        te.train_embedder(_config(shapes, out, steps=2, views=1), quiet=True)
+    assert not marker.exists()
+
+
+def test_settings_are_checked_before_any_work_naming_them(shapes, tmp_path):
+    from linedraw.errors import UsageError
+
+    for name, value in (("loss", "arcface"), ("steps", 0), ("temperature", 0.0), ("samples_per_class", 0)):
+        with pytest.raises(UsageError, match=name if name != "loss" else "unknown loss"):
+            te.train_embedder(_config(shapes, tmp_path / "o", **{name: value}), quiet=True)
+    assert not (tmp_path / "o").exists()

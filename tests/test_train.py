@@ -253,3 +253,28 @@ def test_data_root_resolves_from_the_config_files_folder(tmp_path):
     config.write_text(tiny_config_yaml(Path("data"), tmp_path / "run"))
     run_train(config, "optim.max_steps=1")
     assert (tmp_path / "run" / "checkpoints" / "latest").is_file()
+
+
+def test_linedraw_train_command_runs_a_config_and_resumes(tiny):
+    """`python -m linedraw train CONFIG` (what `accelerate launch -m linedraw train` runs) is the same loop."""
+    config, out = tiny
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    command = [sys.executable, "-m", "linedraw", "train", str(config), "optim.max_steps=1"]
+    proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "checkpoints" / "latest").read_text().strip() == "step_00000001"
+    proc = subprocess.run([*command[:-1], "optim.max_steps=2"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0 and "at step 1" in proc.stderr, proc.stderr[-3000:]
+
+
+def test_shipped_configs_are_package_data_found_by_name(capsys):
+    from linedraw.cli import main
+    from linedraw.config import CONFIG_DIR, find_config
+
+    for name in ("smoke", "contour-offline", "paper"):
+        assert find_config(name) == CONFIG_DIR / f"{name}.yaml"
+        assert (REPO / "train" / "configs" / f"{name}.yaml").samefile(find_config(name))
+    assert main(["train", "no-such-config"]) == 2
+    err = capsys.readouterr().err
+    assert "no-such-config" in err and "smoke" in err and err.count("\n") == 1
