@@ -88,8 +88,6 @@ class DistillConfig:
         if not isinstance(self.student, dict) or not isinstance(self.student.get("model"), str) \
                 or not isinstance(self.student.get("kwargs", {}), dict):
             raise UsageError(f'student must be {{"model": NAME, "kwargs": {{...}}}}, got {self.student!r}')
-        if self.device not in ("auto", "cpu"):
-            raise UsageError(f"device must be 'auto' or 'cpu', got {self.device!r}")
 
 
 # ------------------------------------------------------------------------------------------------- pairs

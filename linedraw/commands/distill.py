@@ -92,8 +92,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="steps between resume points (default: %(default)s)")
     parser.add_argument("--workers", type=_whole(0), default=defaults.workers,
                         help="data-loading processes (default: %(default)s)")
-    parser.add_argument("--device", default=defaults.device, choices=("auto", "cpu"),
-                        help="auto or cpu (accelerate picks the GPU)")
+    parser.add_argument("--device", default=defaults.device, help="auto or cpu (accelerate picks the GPU)")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.set_defaults(func=run)
 
