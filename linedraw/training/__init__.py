@@ -5,4 +5,5 @@
 - `checkpoints`: `RunCheckpoints`, save / publish / prune / resume of `step_XXXXXXXX/` folders under one root.
 - `signals`: `StopOnSignal` (SIGINT/SIGTERM ask the loop to save and stop) and the DataLoader worker setup.
 - `schedules`: learning-rate factors as `torch.optim.lr_scheduler.LambdaLR`, saved with the state.
+- `method`: the method's loop on top of them (`linedraw train CONFIG`).
 """

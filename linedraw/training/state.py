@@ -47,13 +47,16 @@ class RunState:
     batch_in_epoch: int = 0
 
     def state_dict(self) -> dict[str, int]:
+        """The three counters (JSON-ready)."""
         return asdict(self)
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore the counters; a missing one is 0 (distillation's state holds only `step`)."""
         self.step, self.epoch, self.batch_in_epoch = (int(state.get(k, 0)) for k in ("step", "epoch", "batch_in_epoch"))
 
 
 def rng_file(rank: int) -> str:
+    """Name of process `rank`'s RNG file in a state folder."""
     return f"rng_{rank}.safetensors"
 
 
