@@ -219,3 +219,48 @@ def test_sketches_are_told_from_photos(data):
     assert looks_like_drawing(Image.open(data / "queries" / "cat" / "cat0-1.png"))
     assert looks_like_drawing(Image.open(data / "queries" / "cat" / "cat0-1.png").convert("RGB"))
     assert not looks_like_drawing(Image.open(data / "gallery" / "cat" / "cat0.jpg"))
+
+
+def test_search_fuse_weight_under_and_dedupe(data, tmp_path, capsys):
+    gallery = tmp_path / "gallery"
+    for path in (data / "gallery").rglob("*.jpg"):
+        (gallery / path.parent.name).mkdir(parents=True, exist_ok=True)
+        (gallery / path.parent.name / path.name).write_bytes(path.read_bytes())
+    (gallery / "cat" / "cat0-copy.jpg").write_bytes((gallery / "cat" / "cat0.jpg").read_bytes())
+    index = tmp_path / "index"
+    assert _build(data, index, gallery=str(gallery)) == 0
+    query = data / "queries" / "cat" / "cat0-1.png"
+
+    def search(*extra: str) -> list[dict]:
+        capsys.readouterr()
+        assert main(["search", str(index), str(query), "-k", "7", "--json", "--device", "cpu", *extra]) == 0
+        return json.loads(capsys.readouterr().out.strip())["results"]
+
+    everything = search()
+    assert len(everything) == 7
+    # (the exact fused scores are checked in test_retrieval_views; the random test embedder differs per call)
+    for weight in ("0", "0.5", "1"):
+        assert {r["path"] for r in search("--fuse-weight", weight)} == {r["path"] for r in everything}
+    under = search("--under", str(gallery / "dog"))
+    assert len(under) == 3 and all(r["path"].startswith(str(gallery / "dog") + os.sep) for r in under)
+    collapsed = [r["path"] for r in search("--dedupe", "0.9999")]  # the random test embedder puts all close
+    assert len(collapsed) == 6  # the copy and its original are one result
+    assert len({str(gallery / "cat" / "cat0.jpg"), str(gallery / "cat" / "cat0-copy.jpg")} & set(collapsed)) == 1
+    with pytest.raises(SystemExit) as refused:  # argparse refuses it
+        main(["search", str(index), str(query), "--fuse-weight", "2"])
+    assert refused.value.code == 2
+    assert "between 0 and 1" in capsys.readouterr().err
+
+
+def test_build_views_flags(data, tmp_path, capsys):
+    assert _build(data, tmp_path / "photos", "--views", "photo") == 0
+    with GalleryIndex.open(tmp_path / "photos") as index:
+        assert index.views == ["photo"] and index.manifest["checkpoint"] is None
+    assert _build(data, tmp_path / "both", "--views", "photo,drawing", "--fuse-weight", "0.25") == 0
+    with GalleryIndex.open(tmp_path / "both") as index:
+        assert index.views == ["drawing", "photo"] and index.fuse_weight == 0.25
+    capsys.readouterr()
+    assert _build(data, tmp_path / "x", "--views", "sketch") == 2
+    assert "error: --views: unknown view 'sketch'" in capsys.readouterr().err
+    assert _build(data, tmp_path / "x", "--raw", "--views", "drawing") == 2
+    assert "--raw" in capsys.readouterr().err

@@ -300,7 +300,8 @@ def test_protocol_cli_writes_split_table_and_usable_embedders(shapes, tmp_path, 
             "--embed-dim", "16", "--hidden-dim", "16", "--seed", "3"]
     assert main(argv) == 0
     table = capsys.readouterr().out
-    for row in ("raw photos + base", "drawings + base", "drawings + trained", "raw photos + trained"):
+    for row in ("raw photos + base", "drawings + base", "drawings + trained", "raw photos + trained",
+                "fused (w=0.5) + base", "fused (w=0.5) + trained"):
         assert f"| {row} |" in table
     split = json.loads((out / "split.json").read_text())
     assert len(split["unseen"]) == 3 and len(split["train"]) == 5 and split["seed"] == 3
@@ -314,6 +315,11 @@ def test_protocol_cli_writes_split_table_and_usable_embedders(shapes, tmp_path, 
     # a second run resumes: same split, same table, no retraining
     assert main(argv) == 0
     assert capsys.readouterr().out.splitlines()[:6] == table.splitlines()[:6]
+    # the fused rows' ends are the single views (the trained embedders are reused, not retrained)
+    assert main(argv + ["--fuse-weight", "1"]) == 0
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert rows["fused (w=1) + base"] == rows["drawings + base"]
+    assert rows["fused (w=1) + trained"] == rows["drawings + trained"]
     assert main(argv[:-1] + ["4"]) == 2  # another seed: refuses to mix two splits in one output dir
     assert "another split" in capsys.readouterr().err
 

@@ -51,6 +51,8 @@ def _train_config(args: argparse.Namespace, **paths):
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `linedraw retrieval {train,protocol}`."""
+    from linedraw.commands.index import share
+
     parser = subparsers.add_parser("retrieval", help="train and test a sketch-aware embedder for retrieval")
     sub = parser.add_subparsers(dest="retrieval_command", metavar="RETRIEVAL_COMMAND", required=True)
 
@@ -95,6 +97,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     protocol.add_argument("--device", default="auto")
     protocol.add_argument("--draw-size", type=int, default=256,
                           help="px the photos are drawn at with --checkpoint (default: %(default)s)")
+    protocol.add_argument("--fuse-weight", type=share, default=0.5, metavar="W",
+                          help="the drawing's weight in the fused rows, W * cos(drawing) + (1 - W) * cos(photo), "
+                               "as a two-view index ranks (default: %(default)s, the index default)")
     _add_training_options(protocol)
     protocol.set_defaults(func=_run_protocol)
 
@@ -131,13 +136,9 @@ def _run_protocol(args: argparse.Namespace) -> int:
     config = ProtocolConfig(
         data=args.data, output_dir=args.output, drawings=args.drawings, checkpoint=args.checkpoint,
         unseen=args.unseen, seed=args.seed, device=args.device, draw_size=args.draw_size,
-        train=_train_config(args, sketches="", gallery="", output_dir=""),
+        train=_train_config(args, sketches="", gallery="", output_dir=""), fuse_weight=args.fuse_weight,
     )
-    try:
-        results, errors = run_protocol(config)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    results, errors = run_protocol(config)
     print(format_table(results["rows"]))
     print(f"(unseen classes: {len(results['split']['unseen'])}, chance mAP ~{results['chance_mAP']:.3f}; "
           f"drawings from {results['drawings']}; written to {args.output}/results.md)")

@@ -4,7 +4,8 @@ On a Sketchy-style tree (`photo/<class>/<id>.jpg`, `sketch/<class>/<id>-N.png`) 
 seed (the split is written to `split.json`), one embedder is trained per gallery kind (generated drawings,
 raw photos) on the training classes, and on the unseen classes, with sketches as queries, the table reports
 mAP@all, P@25 and instance-level acc@1 / acc@10 (definitions in `linedraw.retrieval.metrics`) for
-raw photos + base, drawings + base, drawings + trained, raw photos + trained.
+raw photos + base, drawings + base, drawings + trained, raw photos + trained, and the two views fused
+(w cos(query, drawing) + (1 - w) cos(query, photo), as a two-view index ranks) with each embedder.
 """
 from __future__ import annotations
 
@@ -102,6 +103,7 @@ class ProtocolConfig:
     device: str = "auto"
     draw_size: int = 256
     train: EmbedderTrainConfig | None = None
+    fuse_weight: float = 0.5  # the drawing's weight in the fused rows (the index default, chosen on Sketchy)
 
 
 def _embed(encoder_fn, images: LabeledImages, channels: int, size, batch_size: int, device) -> torch.Tensor:
@@ -119,7 +121,13 @@ def retrieval_scores(queries: torch.Tensor, query_labels: torch.Tensor, query_in
                      gallery: torch.Tensor, gallery_labels: torch.Tensor, gallery_instances: torch.Tensor) -> dict:
     """mAP@all, P@25 (category level) and acc@1 / acc@10 (instance level, paired queries only) by cosine."""
     q, g = F.normalize(queries, dim=-1), F.normalize(gallery, dim=-1)
-    order = torch.argsort(q @ g.T, dim=1, descending=True, stable=True).numpy()
+    return similarity_scores(q @ g.T, query_labels, query_instances, gallery_labels, gallery_instances)
+
+
+def similarity_scores(similarity: torch.Tensor, query_labels: torch.Tensor, query_instances: torch.Tensor,
+                      gallery_labels: torch.Tensor, gallery_instances: torch.Tensor) -> dict:
+    """The table's metrics from a (queries, gallery) score matrix, each row ranked by decreasing score."""
+    order = torch.argsort(similarity, dim=1, descending=True, stable=True).numpy()
     g_labels, g_instances = gallery_labels.numpy(), gallery_instances.numpy()
     counts = np.bincount(g_labels, minlength=int(max(g_labels.max(), query_labels.max())) + 1)
     q_labels = query_labels.numpy()
@@ -132,15 +140,28 @@ def retrieval_scores(queries: torch.Tensor, query_labels: torch.Tensor, query_in
     return {k: scores[k] for k in COLUMNS}
 
 
+def _cosines(queries: torch.Tensor, gallery: torch.Tensor) -> torch.Tensor:
+    return F.normalize(queries, dim=-1) @ F.normalize(gallery, dim=-1).T
+
+
+def _same_photos(photos: LabeledImages, drawings: LabeledImages) -> list[int] | None:
+    """For each raw photo, the row of its drawing (same class folder and stem); None if any has none."""
+    rows = {(p.parent.name, p.stem): i for i, p in enumerate(drawings.paths)}
+    order = [rows.get((p.parent.name, p.stem)) for p in photos.paths]
+    return None if any(i is None for i in order) else order
+
+
 def evaluate_unseen(
     splits: dict[str, tuple[LabeledImages, LabeledImages]], trained: dict[str, TrainedEmbedder],
-    batch_size: int, device: torch.device,
+    batch_size: int, device: torch.device, fuse_weight: float = 0.5,
 ) -> dict[str, dict[str, float]]:
     """The table rows from {gallery kind: (sketch queries, gallery)}. Base features are computed once and
-    projected by each trained head (exactly `trained.encode` when no base layer was unfrozen)."""
+    projected by each trained head (exactly `trained.encode` when no base layer was unfrozen). With both
+    kinds, "fused" rows rank the photos by `fuse_weight` * cos(query, drawing) + (1 - `fuse_weight`) *
+    cos(query, photo) (with the trained embedders: each view's own, as two trained indexes would)."""
     names = {"photos": "raw photos", "drawings": "drawings"}
     first = next(iter(trained.values()))
-    size, query_base, rows = first.input_size, None, {}
+    size, query_base, rows, cosines = first.input_size, None, {}, {}
     for kind, (sketches, gallery) in splits.items():
         if query_base is None:  # the sketch files are the same for every gallery kind; only pair ids differ
             query_base = _embed(first.base_features, sketches, 1, size, batch_size, device)
@@ -148,6 +169,7 @@ def evaluate_unseen(
         gallery_base = _embed(first.base_features, gallery, channels, size, batch_size, device)
         queries, items = (sketches.labels, sketches.instances), (gallery.labels, gallery.instances)
         rows[f"{names[kind]} + base"] = retrieval_scores(query_base, *queries, gallery_base, *items)
+        cosines[kind, "base"] = _cosines(query_base, gallery_base)
         model = trained[kind]
         if model.unfrozen_names():
             q = _embed(model.encode, sketches, 1, size, batch_size, device)
@@ -156,7 +178,17 @@ def evaluate_unseen(
             with torch.inference_mode():
                 q, g = model.project(query_base.to(device)).cpu(), model.project(gallery_base.to(device)).cpu()
         rows[f"{names[kind]} + trained"] = retrieval_scores(q, *queries, g, *items)
-    order = ["raw photos + base", "drawings + base", "drawings + trained", "raw photos + trained"]
+        cosines[kind, "trained"] = _cosines(q, g)
+    aligned = _same_photos(splits["photos"][1], splits["drawings"][1]) if len(splits) == 2 else None
+    if aligned is not None:
+        sketches, photos = splits["photos"]
+        for embedder in ("base", "trained"):
+            fused = (fuse_weight * cosines["drawings", embedder][:, aligned]
+                     + (1 - fuse_weight) * cosines["photos", embedder])
+            rows[f"fused (w={fuse_weight:g}) + {embedder}"] = similarity_scores(
+                fused, sketches.labels, sketches.instances, photos.labels, photos.instances)
+    order = ["raw photos + base", "drawings + base", f"fused (w={fuse_weight:g}) + base", "drawings + trained",
+             "raw photos + trained", f"fused (w={fuse_weight:g}) + trained"]
     return {k: rows[k] for k in order if k in rows}
 
 
@@ -210,7 +242,8 @@ def run_protocol(config: ProtocolConfig) -> tuple[dict, list[str]]:
         gallery, bad_g = drop_unreadable(gallery, f"checking unseen {kind}")
         splits[kind] = (sketches, gallery)
         errors += bad_g + (bad_s if kind == "photos" else [])
-    rows = evaluate_unseen(splits, {k: m.to(device) for k, m in trained.items()}, base_train.batch_size, device)
+    rows = evaluate_unseen(splits, {k: m.to(device) for k, m in trained.items()}, base_train.batch_size, device,
+                           config.fuse_weight)
     galleries = {kind: gallery for kind, (_, gallery) in splits.items()}
     results = {
         "rows": rows,
