@@ -172,13 +172,13 @@ def _check_type(value: Any, hint: Any, key: str) -> Any:
         return _check_type(value, inner, key)
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}", key)
+            raise ConfigError(f"{key}={value!r} must be a list", key)
         items = [_check_type(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
     if hint is bool and not isinstance(value, bool):
-        raise ConfigError(f"{key}: expected true or false, got {value!r}", key)
+        raise ConfigError(f"{key}={value!r} must be true or false", key)
     if hint is int and (isinstance(value, bool) or not isinstance(value, int)):
-        raise ConfigError(f"{key}: expected a whole number, got {value!r}", key)
+        raise ConfigError(f"{key}={value!r} must be a whole number", key)
     if hint is float:
         if isinstance(value, str):  # YAML 1.1 reads 2e-4 (no dot) as a string
             try:
@@ -186,10 +186,10 @@ def _check_type(value: Any, hint: Any, key: str) -> Any:
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ConfigError(f"{key}: expected a number, got {value!r}", key)
+            raise ConfigError(f"{key}={value!r} must be a number", key)
         return float(value)
     if hint is str and not isinstance(value, str):
-        raise ConfigError(f"{key}: expected a string, got {value!r}", key)
+        raise ConfigError(f"{key}={value!r} must be a string", key)
     return value
 
 
@@ -213,7 +213,7 @@ def _build(cls: type, values: Any, where: str) -> Any:
         sub = _SOURCE_LISTS.get((cls, name))
         if sub is not None:
             if not isinstance(value, list):
-                raise ConfigError(f"{key}: expected a list of folders, got {value!r}", key)
+                raise ConfigError(f"{key}={value!r} must be a list of folders", key)
             kwargs[name] = [_build(sub, v if isinstance(v, dict) else {"path": v}, f"{key}[{i}]")
                             for i, v in enumerate(value)]
         elif dataclasses.is_dataclass(hints[name]):
@@ -303,6 +303,19 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.data.size % 4:
         raise ConfigError(f"data.size={cfg.data.size} must be a multiple of 4 (the generator downsamples twice)",
                           "data.size")
+    from linedraw.models.augment import parse_policy
+    from linedraw.models.generator import UPSAMPLE_MODES
+
+    if cfg.model.upsample not in UPSAMPLE_MODES:
+        raise ConfigError(f"model.upsample={cfg.model.upsample!r} must be one of {', '.join(UPSAMPLE_MODES)}",
+                          "model.upsample")
+    if not isinstance(cfg.model.diffaugment, str):
+        raise ConfigError(f"model.diffaugment={cfg.model.diffaugment!r} must be a string such as "
+                          f"'color,translation,cutout' ('' turns DiffAugment off)", "model.diffaugment")
+    try:
+        parse_policy(cfg.model.diffaugment)
+    except ValueError as exc:
+        raise ConfigError(f"model.diffaugment: {exc}", "model.diffaugment") from None
     if cfg.data.load_size < cfg.data.size:
         raise ConfigError(f"data.load_size={cfg.data.load_size} must be >= data.size={cfg.data.size}",
                           "data.load_size")

@@ -75,7 +75,7 @@ def test_every_value_is_checked_when_the_config_is_built(tmp_path, override, key
 def test_a_bad_value_in_the_file_names_the_file_and_key(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("data: {photos: [a], drawings: [b]}\noptim: {lr: fast}\n")
-    with pytest.raises(ConfigError, match=r"c\.yaml: optim\.lr: expected a number"):
+    with pytest.raises(ConfigError, match=r"c\.yaml: optim\.lr='fast' must be a number"):
         load_config(path)
 
 
