@@ -151,7 +151,7 @@ def test_eval_retrieval_of_a_two_view_index_reports_photos_drawings_and_fused(da
     assert _build(data, tmp_path / "index") == 0  # default with a checkpoint: both views
     with GalleryIndex.open(tmp_path / "index") as index:
         assert index.views == ["drawing", "photo"] and index.index.d == 2 * index.dim
-        assert index.manifest["fuse_weight"] == 0.5
+        assert index.manifest["fuse_weight"] == 0.6
     capsys.readouterr()
     report = tmp_path / "metrics.json"
     assert main(["eval", "retrieval", "--index", str(tmp_path / "index"), "--queries", str(data / "queries"),

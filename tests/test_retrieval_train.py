@@ -301,7 +301,7 @@ def test_protocol_cli_writes_split_table_and_usable_embedders(shapes, tmp_path, 
     assert main(argv) == 0
     table = capsys.readouterr().out
     for row in ("raw photos + base", "drawings + base", "drawings + trained", "raw photos + trained",
-                "fused (w=0.5) + base", "fused (w=0.5) + trained"):
+                "fused (w=0.6) + base", "fused (w=0.6) + trained"):
         assert f"| {row} |" in table
     split = json.loads((out / "split.json").read_text())
     assert len(split["unseen"]) == 3 and len(split["train"]) == 5 and split["seed"] == 3

@@ -111,7 +111,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                        "drawing,photo with a checkpoint, photo with --raw)")
     build.add_argument("--fuse-weight", type=share, metavar="W",
                        help="two views: the drawing's default weight in the fused score, recorded in the "
-                            "manifest (default: 0.5, chosen on Sketchy)")
+                            "manifest (default: 0.6, chosen on Sketchy; see README)")
     build.add_argument("--embedder", default="efficientnet-lite0",
                        help="openclip:MODEL:PRETRAINED, efficientnet-lite0 (offline), timm:MODEL[:WEIGHTS], "
                             "or a trained embedder folder (default: efficientnet-lite0)")

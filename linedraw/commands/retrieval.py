@@ -97,9 +97,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     protocol.add_argument("--device", default="auto")
     protocol.add_argument("--draw-size", type=int, default=256,
                           help="px the photos are drawn at with --checkpoint (default: %(default)s)")
-    protocol.add_argument("--fuse-weight", type=share, default=0.5, metavar="W",
+    protocol.add_argument("--fuse-weight", type=share, metavar="W",
                           help="the drawing's weight in the fused rows, W * cos(drawing) + (1 - W) * cos(photo), "
-                               "as a two-view index ranks (default: %(default)s, the index default)")
+                               "as a two-view index ranks (default: 0.6, the index default)")
     _add_training_options(protocol)
     protocol.set_defaults(func=_run_protocol)
 
@@ -136,7 +136,8 @@ def _run_protocol(args: argparse.Namespace) -> int:
     config = ProtocolConfig(
         data=args.data, output_dir=args.output, drawings=args.drawings, checkpoint=args.checkpoint,
         unseen=args.unseen, seed=args.seed, device=args.device, draw_size=args.draw_size,
-        train=_train_config(args, sketches="", gallery="", output_dir=""), fuse_weight=args.fuse_weight,
+        train=_train_config(args, sketches="", gallery="", output_dir=""),
+        **({} if args.fuse_weight is None else {"fuse_weight": args.fuse_weight}),
     )
     results, errors = run_protocol(config)
     print(format_table(results["rows"]))

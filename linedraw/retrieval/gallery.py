@@ -55,7 +55,7 @@ class Encoding:
 
 
 #: The drawing view's default weight in the fused score, chosen on the shared Sketchy data (see README).
-DEFAULT_FUSE_WEIGHT = 0.5
+DEFAULT_FUSE_WEIGHT = 0.6
 
 
 def parse_views(views: str | Sequence[str], checkpoint: str | None) -> list[str]:

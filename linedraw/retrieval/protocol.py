@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from linedraw.errors import InvalidFileError, MissingFileError, UsageError
 from linedraw.images import write_text_atomic
+from linedraw.retrieval.gallery import DEFAULT_FUSE_WEIGHT
 from linedraw.retrieval.metrics import category_metrics, instance_accuracy
 from linedraw.retrieval.train_embedder import (
     EmbedderTrainConfig,
@@ -103,7 +104,7 @@ class ProtocolConfig:
     device: str = "auto"
     draw_size: int = 256
     train: EmbedderTrainConfig | None = None
-    fuse_weight: float = 0.5  # the drawing's weight in the fused rows (the index default, chosen on Sketchy)
+    fuse_weight: float = DEFAULT_FUSE_WEIGHT  # the drawing's weight in the fused rows, as indexes default to
 
 
 def _embed(encoder_fn, images: LabeledImages, channels: int, size, batch_size: int, device) -> torch.Tensor:
@@ -153,7 +154,7 @@ def _same_photos(photos: LabeledImages, drawings: LabeledImages) -> list[int] | 
 
 def evaluate_unseen(
     splits: dict[str, tuple[LabeledImages, LabeledImages]], trained: dict[str, TrainedEmbedder],
-    batch_size: int, device: torch.device, fuse_weight: float = 0.5,
+    batch_size: int, device: torch.device, fuse_weight: float = DEFAULT_FUSE_WEIGHT,
 ) -> dict[str, dict[str, float]]:
     """The table rows from {gallery kind: (sketch queries, gallery)}. Base features are computed once and
     projected by each trained head (exactly `trained.encode` when no base layer was unfrozen). With both
