@@ -278,3 +278,22 @@ def test_shipped_configs_are_package_data_found_by_name(capsys):
     assert main(["train", "no-such-config"]) == 2
     err = capsys.readouterr().err
     assert "no-such-config" in err and "smoke" in err and err.count("\n") == 1
+
+
+def test_upsample_and_diffaugment_options_train_and_resume_exactly(tiny, tmp_path):
+    """model.upsample reaches the generators (and G_A.json); model.diffaugment's draws are saved with the state."""
+    config, out = tiny
+    options = ("model.upsample=resize", "model.diffaugment=color,translation,cutout")
+    run_train(config, *options, "optim.max_steps=4")
+    straight = latest_generator(out)
+    meta = json.loads((_latest_dir(out) / "G_A.json").read_text())
+    assert meta["kwargs"]["upsample"] == "resize"
+    split_out = tmp_path / "split"
+    run_train(config, *options, f"output_dir={split_out}", "optim.max_steps=2")
+    run_train(config, *options, f"output_dir={split_out}", "optim.max_steps=4")
+    resumed = latest_generator(split_out)
+    for k in straight:
+        torch.testing.assert_close(resumed[k], straight[k], rtol=0, atol=1e-6, msg=k)
+    plain = tmp_path / "plain"
+    run_train(config, f"output_dir={plain}", "optim.max_steps=4")
+    assert any(not torch.equal(straight[k], v) for k, v in latest_generator(plain).items())

@@ -26,6 +26,7 @@ from linedraw.config import ConfigError, TrainConfig, save_config, to_dict
 from linedraw.losses.cycle import cycle_loss
 from linedraw.losses.gan import lsgan_discriminator_loss, lsgan_generator_loss
 from linedraw.models import create_model
+from linedraw.models.augment import diff_augment
 from linedraw.models.pool import ImagePool
 from linedraw.training.checkpoints import RunCheckpoints
 from linedraw.training.schedules import linear_decay, resync, schedule
@@ -58,6 +59,25 @@ class Teachers:
     estimator: Callable | None = None
 
 
+class DiffAugment:
+    """`model.diffaugment` in front of every discriminator call, drawing from its own seeded generator (saved with
+    the run state, so a resumed run augments as an uninterrupted one); the empty policy passes images through."""
+
+    def __init__(self, policy: str, device: torch.device, seed: int) -> None:
+        self.policy, self.generator = policy, torch.Generator(device=device).manual_seed(seed)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return diff_augment(images, self.policy, self.generator)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The policy and the generator's state."""
+        return {"policy": self.policy, "rng": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the generator's state (the policy comes from this run's config)."""
+        self.generator.set_state(state["rng"])
+
+
 @dataclass
 class Run:
     """Everything the loop touches: the accelerator, the nets, their optimizers and schedules, the loss terms."""
@@ -70,6 +90,7 @@ class Run:
     losses: dict[str, Callable[[torch.Tensor, dict], torch.Tensor]]
     estimator: Callable | None
     pools: dict[str, ImagePool]
+    augment: DiffAugment
     state: RunState = field(default_factory=RunState)
 
 
@@ -78,9 +99,10 @@ def build_models(cfg: TrainConfig, device: torch.device) -> tuple[dict[str, nn.M
     (and D_A with G_B) with the GAN loss; a teacher and its net (geometry head, U-Net) with its loss. A loss of
     weight 0 never builds (or downloads) its teacher. Built in a fixed order, so the seed fixes every init."""
     m, w = cfg.model, cfg.loss
-    nets = {"G_A": create_model("resnet_generator", in_channels=3, out_channels=1, ngf=m.ngf, n_blocks=m.n_blocks)}
+    g = {"ngf": m.ngf, "n_blocks": m.n_blocks, "upsample": m.upsample}
+    nets = {"G_A": create_model("resnet_generator", in_channels=3, out_channels=1, **g)}
     if w.cycle > 0:
-        nets["G_B"] = create_model("resnet_generator", in_channels=1, out_channels=3, ngf=m.ngf, n_blocks=m.n_blocks)
+        nets["G_B"] = create_model("resnet_generator", in_channels=1, out_channels=3, **g)
     if w.gan > 0:
         nets["D_B"] = create_model("patch_discriminator", in_channels=1, ndf=m.ndf, n_layers=m.n_layers_d)
     if w.gan > 0 and "G_B" in nets:
@@ -173,9 +195,9 @@ def generator_step(run: Run, batch: dict) -> tuple[dict[str, torch.Tensor], dict
             fakes["A"] = nets["G_B"](real_B)
             terms["cycle"] = cycle_loss(nets["G_B"](fakes["B"]), real_A) + cycle_loss(nets["G_A"](fakes["A"]), real_B)
         if "D_B" in D:
-            terms["gan"] = lsgan_generator_loss(D["D_B"](fakes["B"]))
+            terms["gan"] = lsgan_generator_loss(D["D_B"](run.augment(fakes["B"])))
             if "D_A" in D:
-                terms["gan"] = terms["gan"] + lsgan_generator_loss(D["D_A"](fakes["A"]))
+                terms["gan"] = terms["gan"] + lsgan_generator_loss(D["D_A"](run.augment(fakes["A"])))
         for name, term in run.losses.items():
             terms[name] = term(fakes["B"], batch)
         loss_G = sum(getattr(run.cfg.loss, k) * v for k, v in terms.items())
@@ -188,16 +210,17 @@ def generator_step(run: Run, batch: dict) -> tuple[dict[str, torch.Tensor], dict
 
 def discriminator_step(run: Run, batch: dict, fakes: dict[str, torch.Tensor]) -> torch.Tensor:
     """LSGAN discriminators: real vs (pooled) fake drawings, and photos when there is a G_B."""
-    nets = run.nets
+    nets, augment = run.nets, run.augment
     for k in ("D_A", "D_B"):
         if k in nets:
             nets[k].requires_grad_(True)
     with run.accelerator.autocast():
         fake_B = run.pools["B"].query(fakes["B"].detach())
-        loss_D = lsgan_discriminator_loss(nets["D_B"](batch["drawing"]), nets["D_B"](fake_B))
+        loss_D = lsgan_discriminator_loss(nets["D_B"](augment(batch["drawing"])), nets["D_B"](augment(fake_B)))
         if "D_A" in nets:
             fake_A = run.pools["A"].query(fakes["A"].detach())
-            loss_D = loss_D + lsgan_discriminator_loss(nets["D_A"](batch["photo"]), nets["D_A"](fake_A))
+            loss_D = loss_D + lsgan_discriminator_loss(nets["D_A"](augment(batch["photo"])),
+                                                       nets["D_A"](augment(fake_A)))
     run.accelerator.backward(loss_D)
     step_optimizer(run, "opt_D")
     return loss_D
@@ -266,8 +289,10 @@ def save_samples(run: Run, batch: dict, fake_B: torch.Tensor, out: Path) -> None
 def generator_checkpoint(run: Run) -> dict:
     """G_A's JSON config: how to rebuild it, and what trained it (for `linedraw convert` and model cards)."""
     cfg, w = run.cfg, run.cfg.loss
-    return {"model": "resnet_generator",
-            "kwargs": {"in_channels": 3, "out_channels": 1, "ngf": cfg.model.ngf, "n_blocks": cfg.model.n_blocks},
+    kwargs = {"in_channels": 3, "out_channels": 1, "ngf": cfg.model.ngf, "n_blocks": cfg.model.n_blocks}
+    if cfg.model.upsample != "transpose":  # the default stays implicit, as in checkpoints from before the option
+        kwargs["upsample"] = cfg.model.upsample
+    return {"model": "resnet_generator", "kwargs": kwargs,
             "training": {"name": cfg.name, "step": run.state.step, "epoch": run.state.epoch,
                          "semantic_teacher": cfg.semantic.encoder if w.semantic > 0 else None,
                          "geometry": (cfg.geometry.estimator or "target maps") if w.geometry > 0 else None,
@@ -299,10 +324,11 @@ def setup(cfg: TrainConfig, dataset: Any, out: Path) -> tuple[Run, Any, int, Run
     optimizers = {name: (accelerator.prepare(opt), members) for name, (opt, members) in optimizers.items()}
     loader = accelerator.prepare(loader)
     pools = {"A": ImagePool(cfg.model.pool_size, seed=cfg.seed), "B": ImagePool(cfg.model.pool_size, seed=cfg.seed + 1)}
+    augment = DiffAugment(cfg.model.diffaugment, accelerator.device, seed=cfg.seed + 2)
     run = Run(cfg, accelerator, nets, optimizers, schedulers, build_losses(cfg, teachers, nets), teachers.estimator,
-              pools)
+              pools, augment)
     stateful = {**{k: opt for k, (opt, _) in optimizers.items()}, **{f"lr_{k}": s for k, s in schedulers.items()},
-                "pool_A": pools["A"], "pool_B": pools["B"]}
+                "pool_A": pools["A"], "pool_B": pools["B"], **({"diffaugment": augment} if augment.policy else {})}
     checkpoints = RunCheckpoints(out / "checkpoints", accelerator, run.state, nets, stateful, keep=cfg.log.keep,
                                  legacy_stateful=("pool_A", "pool_B"))
     return run, loader, total, checkpoints
