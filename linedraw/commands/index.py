@@ -72,17 +72,6 @@ def add_wait_arg(parser: argparse.ArgumentParser) -> None:
                              "(default: 0, fail at once)")
 
 
-def default_device() -> str:
-    """cuda (this process's local rank under accelerate/torchrun), then mps, then cpu."""
-    import torch
-
-    if torch.cuda.is_available():
-        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
 def add_runtime_args(parser: argparse.ArgumentParser) -> None:
     add_device(parser)
     parser.add_argument("--batch-size", type=positive_int, default=16,
