@@ -144,6 +144,9 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     log: LogConfig = field(default_factory=LogConfig)
     notes: str = ""  # free text carried into checkpoints and model cards (e.g. which teacher is a stand-in)
+    # A fresh run starts its nets from this checkpoint (shipped name, G_A .safetensors, or a run folder: G_A and,
+    # where saved, D/head/U-Net); tensors that do not fit keep their initialisation. See linedraw.training.warm_start.
+    warm_start: str | None = None
 
 
 class ConfigError(LinedrawError, ValueError):

@@ -296,7 +296,7 @@ def generator_checkpoint(run: Run) -> dict:
             "training": {"name": cfg.name, "step": run.state.step, "epoch": run.state.epoch,
                          "semantic_teacher": cfg.semantic.encoder if w.semantic > 0 else None,
                          "geometry": (cfg.geometry.estimator or "target maps") if w.geometry > 0 else None,
-                         "loss_weights": to_dict(cfg)["loss"], "notes": cfg.notes}}
+                         "loss_weights": to_dict(cfg)["loss"], "warm_start": cfg.warm_start, "notes": cfg.notes}}
 
 
 def setup(cfg: TrainConfig, dataset: Any, out: Path) -> tuple[Run, Any, int, RunCheckpoints]:
@@ -368,6 +368,10 @@ def train(cfg: TrainConfig, fresh: bool = False) -> int:
     if not fresh and (resumed := checkpoints.resume()) is not None:
         log.info("resumed from %s at step %d (epoch %d, batch %d)", resumed, state.step, state.epoch,
                  state.batch_in_epoch)
+    elif cfg.warm_start:
+        from linedraw.training.warm_start import warm_start
+
+        warm_start({k: acc.unwrap_model(net) for k, net in run.nets.items()}, cfg.warm_start)
     for scheduler in run.schedulers.values():
         resync(scheduler, state.step)
     metrics = Metrics(run, out, total)
