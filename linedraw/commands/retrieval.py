@@ -19,21 +19,26 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
                             "(default: %(default)s)")
     group.add_argument("--instance-weight", type=float, default=0.5,
                        help="weight of the same loss over instance pairs (sketch <photo-id>-N vs its photo)")
-    group.add_argument("--temperature", type=float, default=0.1)
+    group.add_argument("--temperature", type=float, default=0.1,
+                       help="softmax temperature of the supcon loss (default: %(default)s)")
     group.add_argument("--margin", type=float, default=0.2, help="triplet margin (cosine distance)")
-    group.add_argument("--steps", type=int, default=500)
+    group.add_argument("--steps", type=int, default=500, help="optimizer steps in all (default: %(default)s)")
     group.add_argument("--classes-per-batch", type=int, default=16, help="P of the P x K batches")
     group.add_argument("--samples-per-class", type=int, default=4, help="K of the P x K batches")
-    group.add_argument("--lr", type=float, default=1e-3)
-    group.add_argument("--weight-decay", type=float, default=0.05)
-    group.add_argument("--embed-dim", type=int, default=512)
-    group.add_argument("--hidden-dim", type=int, default=1024)
+    group.add_argument("--lr", type=float, default=1e-3,
+                       help="peak AdamW learning rate, after the warm-up (default: %(default)s)")
+    group.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay (default: %(default)s)")
+    group.add_argument("--embed-dim", type=int, default=512,
+                       help="size of the embedding the head outputs (default: %(default)s)")
+    group.add_argument("--hidden-dim", type=int, default=1024,
+                       help="hidden width of the projection head (default: %(default)s)")
     group.add_argument("--views", type=int, default=4,
                        help="augmented views per image in the cached feature bank (head-only training)")
     group.add_argument("--no-augment", action="store_true", help="train on clean images only")
     group.add_argument("--batch-size", type=int, default=32, help="images per forward pass when embedding")
     group.add_argument("--save-every", type=int, default=500, help="steps between resume points")
-    group.add_argument("--seed", type=int, default=0)
+    group.add_argument("--seed", type=int, default=0,
+                       help="seed of the head's initial weights, the batches and the augmentations (default: 0)")
 
 
 def _train_config(args: argparse.Namespace, **paths):
@@ -52,6 +57,7 @@ def _train_config(args: argparse.Namespace, **paths):
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `linedraw retrieval {train,protocol}`."""
     from linedraw.commands.index import share
+    from linedraw.commands.options import add_device, add_output
 
     parser = subparsers.add_parser("retrieval", help="train and test a sketch-aware embedder for retrieval")
     sub = parser.add_subparsers(dest="retrieval_command", metavar="RETRIEVAL_COMMAND", required=True)
@@ -92,9 +98,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source = protocol.add_mutually_exclusive_group(required=True)
     source.add_argument("--drawings", help="precomputed drawings mirroring DATA/photo")
     source.add_argument("--checkpoint", help="drawing checkpoint to convert DATA/photo with (cached in OUTPUT)")
-    protocol.add_argument("-o", "--output", required=True)
+    add_output(protocol, "folder for split.json, the drawings, both embedders, results.md and results.json "
+                         "(a rerun resumes there)", metavar="DIR")
     protocol.add_argument("--unseen", type=int, default=10, help="number of held-out classes (default: %(default)s)")
-    protocol.add_argument("--device", default="auto")
+    add_device(protocol)
     protocol.add_argument("--draw-size", type=int, default=256,
                           help="px the photos are drawn at with --checkpoint (default: %(default)s)")
     protocol.add_argument("--fuse-weight", type=share, metavar="W",
