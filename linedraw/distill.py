@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from linedraw.convert import resolve_device
 from linedraw.errors import UsageError
 from linedraw.training.checkpoints import RunCheckpoints
 from linedraw.training.schedules import resync, schedule, warmup_cosine
@@ -176,9 +178,24 @@ class StepSampler(Sampler):
 # ------------------------------------------------------------------------------------------------- training
 
 
+def _accelerator(device: str):
+    """An `Accelerator` on the device `device` names (checked by `linedraw.convert.resolve_device`).
+
+    accelerate runs a single process on the current CUDA device, so `cuda:N` makes N current; under
+    `accelerate launch` each process keeps its own GPU, and naming one for all of them is refused."""
+    from accelerate import Accelerator
+
+    resolved = resolve_device(device)
+    if resolved.type == "cuda" and device != "auto" and resolved.index is not None:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise UsageError(f"device={device!r}: under accelerate launch every process uses its own GPU; "
+                             "pass device='auto' or 'cuda'")
+        torch.cuda.set_device(resolved)
+    return Accelerator(cpu=resolved.type == "cpu")
+
+
 def distill(config: DistillConfig, show_progress: bool = True) -> dict:
     """Run (or resume) a distillation; returns a summary (steps, final loss, pairs, errors, student path)."""
-    from accelerate import Accelerator
     from tqdm.auto import tqdm
 
     from linedraw.checkpoint import load_generator, save_generator
@@ -186,6 +203,7 @@ def distill(config: DistillConfig, show_progress: bool = True) -> dict:
     from linedraw.models import create_model
 
     config.validate()
+    accelerator = _accelerator(config.device)  # a device this machine lacks fails here, before any work
     out = Path(config.output_dir)
     _, teacher_config = load_generator(config.teacher)
     sizes = config.sizes or [int(teacher_config.get("inference", {}).get("size", 512))]
@@ -196,7 +214,6 @@ def distill(config: DistillConfig, show_progress: bool = True) -> dict:
         student = create_model(config.student["model"], **config.student.get("kwargs", {}))
     except (KeyError, TypeError, ValueError) as err:
         raise UsageError(f"student {config.student!r}: {err}") from None
-    accelerator = Accelerator(cpu=config.device == "cpu")
 
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)

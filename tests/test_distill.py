@@ -249,3 +249,25 @@ def test_student_json_that_does_not_parse_is_one_line_naming_the_file(tmp_path, 
                  "--student", str(spec)]) == 2
     err = capsys.readouterr().err
     assert "student.json" in err and err.count("\n") == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal of a CUDA device on a machine without one")
+@pytest.mark.parametrize("device", ["cuda:1", "tpu"])
+def test_distill_device_goes_through_the_one_resolver(tmp_path, photos, teacher, device):
+    """`device` is checked by linedraw.convert.resolve_device, not read as "anything but cpu means accelerate's GPU"."""
+    from linedraw.errors import UsageError
+
+    with pytest.raises(UsageError, match="device="):
+        distill(_config(photos, teacher, tmp_path / "o", device=device), show_progress=False)
+    assert not (tmp_path / "o").exists()
+
+
+def test_distill_cli_device_defaults_to_auto_and_is_checked(tmp_path, photos, teacher, capsys):
+    from linedraw.cli import build_parser
+
+    args = build_parser().parse_args(["distill", str(photos), "-o", str(tmp_path / "o")])
+    assert args.device == "auto"
+    assert main(["distill", str(photos), "-o", str(tmp_path / "o"), "--teacher", str(teacher),
+                 "--device", "nonsense"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: device='nonsense'") and err.count("\n") == 1

@@ -56,6 +56,7 @@ def _student_spec(text: str) -> dict:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `linedraw distill`."""
+    from linedraw.commands.options import add_device, add_output
     from linedraw.distill import DEFAULT_STUDENT, DistillConfig
 
     defaults = DistillConfig(photos=[], output_dir="")
@@ -66,7 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "SIGTERM saves first. Multi-GPU: `accelerate launch -m linedraw distill ...`. The student is "
                     "OUT/student.safetensors (+ .json), usable as `--checkpoint` anywhere.")
     parser.add_argument("photos", nargs="+", help="unlabelled photos: files, folders (recursive) or glob patterns")
-    parser.add_argument("-o", "--output", required=True, help="run folder (pairs, state, metrics, student)")
+    add_output(parser, "run folder (pairs, state, metrics, student)", metavar="OUT")
     parser.add_argument("--teacher", default=defaults.teacher, help="teacher checkpoint name or path (default: contour)")
     parser.add_argument("--student", default=json.dumps(DEFAULT_STUDENT),
                         help='student architecture as JSON {"model": ..., "kwargs": {...}}, or a .json file holding '
@@ -92,8 +93,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="steps between resume points (default: %(default)s)")
     parser.add_argument("--workers", type=_whole(0), default=defaults.workers,
                         help="data-loading processes (default: %(default)s)")
-    parser.add_argument("--device", default=defaults.device, help="auto or cpu (accelerate picks the GPU)")
-    parser.add_argument("--seed", type=int, default=defaults.seed)
+    add_device(parser)
+    parser.add_argument("--seed", type=_whole(0), default=defaults.seed,
+                        help="seed of the student's initial weights and of every crop (default: %(default)s)")
     parser.set_defaults(func=run)
 
 
