@@ -99,39 +99,52 @@ def build_pairs(photos: list[str], out: Path, teacher: str, sizes: list[int], de
                 show_progress: bool = True, draw: bool = True) -> tuple[list[tuple[Path, Path]], list[str]]:
     """Draw every photo with the teacher at every size (see the module docstring); returns (pairs, errors).
 
-    `draw=False` only lists the pairs already cached (the other processes of a multi-process run)."""
+    The photos are resized and cached first, then the teacher draws the cached files through the conversion
+    pipeline (`linedraw.pipeline.convert_files`), so it sees exactly the photo it is paired with, and the
+    drawing, written last, marks the pair complete. `draw=False` only lists the pairs already cached (the
+    other processes of a multi-process run)."""
     from tqdm.auto import tqdm
 
     from linedraw.checkpoint import load_generator
     from linedraw.convert import Converter, _processing_shape, _resize, pil_to_uint8
-    from linedraw.images import ImageError, list_images, open_image, save_image
+    from linedraw.images import ImageError, display_path, list_images, open_image, save_image
+    from linedraw.pipeline import Task, convert_files
 
     files = list_images(photos)
     if not files:
         raise UsageError(f"photos: no images found in {' '.join(map(str, photos))}")
-    jobs = [(path, size, out / "pairs" / str(size) / "photo" / rel.with_suffix(".png"),
-             out / "pairs" / str(size) / "drawing" / rel.with_suffix(".png"))
-            for size in sizes for path, rel in files]
-    todo = [job for job in jobs if not job[3].is_file()]
+
+    def cached(size: int, kind: str, relative: Path) -> Path:
+        return out / "pairs" / str(size) / kind / relative.with_suffix(".png")
+
     errors: list[str] = []
-    if todo and draw:
-        model, config = load_generator(teacher)
-        converter = Converter(model, config, size=0, batch_size=1, device=device)
-        for path, size, photo_path, drawing_path in tqdm(todo, desc=f"teacher drawings ({teacher})", unit="photo",
-                                                         disable=not show_progress):
+    source_of: dict[Path, Path] = {}
+    if draw:
+        for path, rel in tqdm(files, desc="photos at the teacher's sizes", unit="photo", disable=not show_progress):
+            wanted = [size for size in sizes if not cached(size, "photo", rel).is_file()]
+            for size in sizes:
+                source_of[cached(size, "photo", rel)] = path
+            if not wanted:
+                continue
             try:
                 photo = pil_to_uint8(open_image(path))
             except ImageError as err:
                 errors.append(str(err))
                 continue
-            shape = _processing_shape(*photo.shape[-2:], size)
-            photo = _resize(photo.float() / 255.0, shape).mul_(255.0).round_().clamp_(0, 255).to(torch.uint8)
-            drawing = converter.convert_tensors([photo])[0]
-            photo_path.parent.mkdir(parents=True, exist_ok=True)
-            drawing_path.parent.mkdir(parents=True, exist_ok=True)
-            save_image(Image.fromarray(photo.permute(1, 2, 0).numpy()), photo_path)
-            save_image(drawing.cpu(), drawing_path)  # written last: its presence marks the pair complete
-    pairs = [(photo_path, drawing_path) for _, _, photo_path, drawing_path in jobs if drawing_path.is_file()]
+            for size in wanted:  # the converter's antialiased resize, stored as the 8-bit photo the student sees
+                shape = _processing_shape(*photo.shape[-2:], size)
+                resized = _resize(photo.float() / 255.0, shape).mul_(255.0).round_().clamp_(0, 255).to(torch.uint8)
+                save_image(Image.fromarray(resized.permute(1, 2, 0).numpy()), cached(size, "photo", rel))
+        tasks = [Task(cached(size, "photo", rel), cached(size, "drawing", rel))
+                 for size in sizes for _, rel in files if cached(size, "photo", rel).is_file()]
+        if any(not task.target.is_file() for task in tasks):
+            model, config = load_generator(teacher)
+            converter = Converter(model, config, size=0, batch_size=1, device=device)
+            convert_files(converter, tasks, skip_existing=True, progress=show_progress,
+                          on_error=lambda task, reason: errors.append(
+                              f"{display_path(source_of[task.source])}: {reason}"))
+    pairs = [(cached(size, "photo", rel), cached(size, "drawing", rel)) for size in sizes for _, rel in files
+             if cached(size, "drawing", rel).is_file()]
     return pairs, errors
 
 

@@ -271,3 +271,18 @@ def test_distill_cli_device_defaults_to_auto_and_is_checked(tmp_path, photos, te
                  "--device", "nonsense"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: device='nonsense'") and err.count("\n") == 1
+
+
+def test_build_pairs_draws_through_the_conversion_pipeline(tmp_path, photos, teacher):
+    """The teacher's drawings come from linedraw.pipeline's loop: a temp file a killed run left is cleared."""
+    import os
+
+    pairs, _ = build_pairs([str(photos)], tmp_path / "run", str(teacher), [32], device="cpu", show_progress=False)
+    photo, drawing = pairs[0]
+    drawing.unlink()  # as if killed between the photo and its drawing
+    stale = drawing.parent / f".{drawing.name}.a1b2c3d4.tmp"
+    stale.write_bytes(b"half a png")
+    os.utime(stale, (1, 1))
+    again, errors = build_pairs([str(photos)], tmp_path / "run", str(teacher), [32], device="cpu",
+                                show_progress=False)
+    assert len(again) == 4 and not errors and drawing.is_file() and not stale.exists()
