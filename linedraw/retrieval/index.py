@@ -165,8 +165,9 @@ def plan_index(kind: str, count: int, dim: int, memory: int, on_disk: bool | Non
     quantizer = "_HNSW32" if nlist >= 65536 else ""
     if on_disk is None:
         on_disk = count * bytes_per_vector("ivfpq", dim, m) > memory
-    # Few cells suffice: the exact re-scoring of a wide candidate pool, not the cells visited, sets the recall.
-    nprobe = min(nlist, max(8, min(128, nlist // 128)))
+    # Few cells suffice where clusters are dense: the exact re-scoring of a wide candidate pool sets the recall
+    # there; 32 cells at least for sparse ones, whose neighbours spread over more cells.
+    nprobe = min(nlist, max(32, min(128, nlist // 128)))
     # "np": no polysemous training (it only serves Hamming pre-filtering, which we do not use, and is slow).
     return IndexPlan("ivfpq", f"IVF{nlist}{quantizer},PQ{m}x{nbits}np", nprobe=nprobe, on_disk=on_disk,
                      refine=REFINE_FACTOR)
