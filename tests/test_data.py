@@ -1,3 +1,5 @@
+import shutil
+
 import pytest
 import torch
 
@@ -23,6 +25,23 @@ def test_sources_match_masks_and_targets_by_stem_and_hold_out_ids(folders):
     photos, drawings = collect_sources(cfg)
     assert len(photos) == 6 and all(p.mask.stem == p.path.stem == p.target.stem for p in photos)
     assert sorted(d.stem for d in drawings) == ["d01_1", "d02_0", "d04_0"]
+
+
+@pytest.mark.parametrize("folder, first, second", [("targets", "p01.npy", "p01.png"),
+                                                     ("masks", "p01.PNG", "p01.png")])
+def test_two_maps_for_one_photo_are_an_error_naming_both(folders, folder, first, second):
+    """Training matches masks and targets by stem as TargetDirectory does: a second file for a stem is refused,
+    not silently preferred over the first."""
+    import numpy as np
+
+    from linedraw.errors import LinedrawError
+
+    if first.endswith(".npy"):
+        np.save(folders / folder / first, np.zeros((72, 80), np.float32))
+    else:
+        shutil.copy(folders / folder / second, folders / folder / first)
+    with pytest.raises(LinedrawError, match=rf"data.photos\[0\].{folder} files for the stem 'p01' \({first}, {second}\)"):
+        collect_sources(_cfg(folders))
 
 
 def test_missing_folder_names_it(folders):

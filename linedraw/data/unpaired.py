@@ -20,11 +20,11 @@ from torch.utils.data import Dataset, Sampler
 from linedraw.config import DataConfig
 from linedraw.errors import LinedrawError
 from linedraw.images import ImageError, list_images, open_image
+from linedraw.teachers.targets import TARGET_SUFFIXES, files_by_stem, read_target_map
 
 log = logging.getLogger(__name__)
 
 MASK_SUFFIXES = (".png",)
-TARGET_SUFFIXES = (".png", ".npy")
 
 
 class DataError(LinedrawError, FileNotFoundError):
@@ -39,9 +39,10 @@ class PhotoItem:
 
 
 def _by_stem(folder: Path, suffixes: tuple[str, ...], key: str) -> dict[str, Path]:
+    """`teachers.targets.files_by_stem` of the folder the config key `key` names (two files for a stem: an error)."""
     if not folder.is_dir():
         raise DataError(f"{folder}: no such folder ({key})")
-    return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in suffixes}
+    return files_by_stem(folder, suffixes, f"{key} files")
 
 
 def _resolve(root: Path, path: str) -> Path:
@@ -120,8 +121,6 @@ def _to_tensor(image: Image.Image) -> torch.Tensor:
 
 def _read_target(path: Path) -> Image.Image:
     """A geometry target map as a 32-bit float PIL image in [0, 1] (8/16-bit PNG or .npy)."""
-    from linedraw.teachers.targets import read_target_map
-
     return Image.fromarray(read_target_map(path).astype(np.float32), mode="F")
 
 

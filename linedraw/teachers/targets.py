@@ -22,7 +22,7 @@ from linedraw.errors import InvalidFileError, MissingFileError, UsageError
 from linedraw.images import ImageError, PathLike, open_image, save_image, to_tensor
 from linedraw.teachers.base import FrozenModule, MissingWeightsError
 
-#: Suffixes `TargetDirectory` matches, in order of preference.
+#: Suffixes of target map files (`TargetDirectory`, training's `data.photos[i].targets`).
 TARGET_SUFFIXES = (".png", ".npy")
 
 
@@ -104,6 +104,23 @@ def write_target_map(target: np.ndarray | torch.Tensor, path: PathLike) -> None:
     save_image(Image.fromarray(pixels), path, format="PNG")
 
 
+def files_by_stem(folder: PathLike, suffixes: Iterable[str], what: str = "files") -> dict[str, Path]:
+    """The files in `folder` with one of `suffixes` (any case), keyed by stem, to match photos to their maps or
+    masks (`photo.jpg` -> `photo.png`). Two files with one stem are an `InvalidFileError` naming both (either
+    could be meant); hidden files (such as a writer's temp files) are left out."""
+    folder = Path(folder)
+    suffixes = {suffix.lower() for suffix in suffixes}
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.suffix.lower() not in suffixes or path.name.startswith(".") or not path.is_file():
+            continue
+        other = found.setdefault(path.stem, path)
+        if other != path:
+            raise InvalidFileError(f"{folder}: two {what} for the stem {path.stem!r} ({other.name}, {path.name}); "
+                                   "keep one")
+    return found
+
+
 class TargetDirectory:
     """The precomputed maps in one folder, found for a photo by its file stem (`photo.jpg` -> `photo.png`)."""
 
@@ -111,14 +128,7 @@ class TargetDirectory:
         self.root = Path(root)
         if not self.root.is_dir():
             raise MissingFileError(f"target map folder {self.root} does not exist")
-        self._by_stem: dict[str, Path] = {}
-        for path in sorted(self.root.iterdir()):
-            if path.suffix.lower() not in TARGET_SUFFIXES or path.name.startswith(".") or not path.is_file():
-                continue
-            other = self._by_stem.setdefault(path.stem, path)
-            if other != path:
-                raise InvalidFileError(f"{self.root}: two maps for the stem {path.stem!r} ({other.name}, "
-                                       f"{path.name}); keep one")
+        self._by_stem = files_by_stem(self.root, TARGET_SUFFIXES, "maps")
 
     def path_for(self, photo: PathLike) -> Path | None:
         """The map file for `photo`, or None when the folder has none."""
