@@ -630,8 +630,7 @@ class GalleryIndex:
         wanted = max(1, min(wanted, allowed))
         store = self.store
         fetch = max(1, min(self.count, wanted * int(self.manifest.get("refine", 1)))) if store else wanted
-        with stdout_to_stderr() if _has_disk_lists(self.index) else contextlib.nullcontext():
-            scores, ids = self.index.search(query, fetch, params=params)
+        scores, ids = self.index.search(query, fetch, params=params)
         if store is not None:
             scores, ids = store.rescore(query, ids, wanted)
         if dedupe:
