@@ -177,6 +177,23 @@ def test_scan_pairs_and_pk_sampler(shapes):
         te.scan_pairs(shapes / "sketch", shapes / "photo", ["nosuchclass"])
 
 
+def test_training_and_evaluation_read_sketch_names_alike(tmp_path):
+    """A sketch `<photo-id>-N` belongs to photo `<photo-id>`; a sketch without `-N` belongs to no photo, in
+    scan_pairs as in eval retrieval (one function, linedraw.retrieval.names.photo_id_of_sketch)."""
+    from linedraw.retrieval.names import photo_id_of_sketch
+
+    for tree, stems in (("photo", ["cat", "a-b"]), ("sketch", ["cat", "cat-1", "a-b-12", "dog-2"])):
+        (tmp_path / tree / "c").mkdir(parents=True)
+        for stem in stems:
+            Image.new("L", (8, 8), 255).save(tmp_path / tree / "c" / f"{stem}.png")
+    sketches, gallery = te.scan_pairs(tmp_path / "sketch", tmp_path / "photo")
+    photo_of = {path.stem: (gallery.paths[int(i)].stem if int(i) >= 0 else None)
+                for path, i in zip(sketches.paths, sketches.instances)}
+    assert photo_of == {"cat": None, "cat-1": "cat", "a-b-12": "a-b", "dog-2": None}
+    assert [photo_id_of_sketch(s) for s in ("cat", "cat-1", "a-b-12", "-3", "x-")] == [None, "cat", "a-b", None, None]
+    assert len(set(sketches.instances[sketches.instances < 0].tolist())) == 2  # unpaired sketches: ids of their own
+
+
 # --- save / load ---------------------------------------------------------------------------------------------------
 
 def test_save_load_round_trip(tmp_path):

@@ -13,7 +13,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,12 +25,12 @@ from linedraw.errors import UsageError
 from linedraw.images import write_atomic_path
 from linedraw.retrieval.augment import augment
 from linedraw.retrieval.losses import retrieval_loss
+from linedraw.retrieval.names import photo_id_of_sketch
 from linedraw.retrieval.trained import TrainedEmbedder, build_trained_embedder, save_trained_embedder
 from linedraw.training.schedules import schedule, warmup_cosine
 from linedraw.training.state import RunStateError, load_torch
 
 RESUME_FILE = "resume.pt"
-_SKETCH_SUFFIX = re.compile(r"-\d+$")
 
 
 @dataclass
@@ -115,7 +114,7 @@ def scan_pairs(
     sketch_paths, sketch_labels, sketch_instances = [], [], []
     for label, name in enumerate(names):
         for path in _class_images(sketch_root / name):
-            instance = stems.get((name, _SKETCH_SUFFIX.sub("", path.stem)), -1 - len(sketch_paths))
+            instance = stems.get((name, photo_id_of_sketch(path.stem)), -1 - len(sketch_paths))
             sketch_paths.append(path)
             sketch_labels.append(label)
             sketch_instances.append(instance)
