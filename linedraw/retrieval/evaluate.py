@@ -6,7 +6,6 @@ which enables instance-level acc@K.
 """
 from __future__ import annotations
 
-import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +19,7 @@ from linedraw.images import ImageError, list_images, open_image
 from linedraw.retrieval.gallery import PhotoEncoder
 from linedraw.retrieval.index import GalleryIndex
 from linedraw.retrieval.metrics import DEFAULT_KS, category_metrics, instance_accuracy
-
-_INSTANCE = re.compile(r"^(?P<photo>.+)-\d+$")
+from linedraw.retrieval.names import photo_id_of_sketch
 
 
 @dataclass
@@ -52,7 +50,7 @@ def embed_queries(folder: str | Path, encoder: PhotoEncoder, batch_size: int = 6
     if images:
         vectors.append(encoder(images, convert=False))
     labels = [p.parent.name for p in paths]
-    photo_ids = [m.group("photo") if (m := _INSTANCE.match(p.stem)) else None for p in paths]
+    photo_ids = [photo_id_of_sketch(p.stem) for p in paths]
     return Queries(paths, labels, photo_ids, np.concatenate(vectors))
 
 
