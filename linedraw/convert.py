@@ -1,7 +1,7 @@
 """Converter: photos in, line drawings out, at any size, on any device.
 
 Each photo is resized (antialiased) so its short side is `size` (0 = native resolution), padded to what the
-generator needs (H, W multiples of 4, at least 16 px), run, cropped back, resized back to the photo's
+generator needs (H, W multiples of the model's `size_multiple`, at least 16 px), run, cropped back, resized back to the photo's
 original size (line art is wanted at the size of the photo), then post-processed (line weight, threshold,
 invert). With `thin` or `stroke_width` the strokes are instead thinned to centre lines at the processing size
 and redrawn at the output size with a pen of `stroke_width` output pixels (`linedraw.lineart`), so the pen does
@@ -36,13 +36,12 @@ BACKENDS = ("auto", "torch", "onnxruntime")
 DEFAULT_SIZE = 512
 #: Largest image (in pixels, at the processing size) run in one piece; larger ones are tiled.
 DEFAULT_MAX_PIXELS = 2048 * 2048
-#: The same through ONNX Runtime (a 4096x4096 photo at native size then peaked at 1.3 GB RSS instead of 2.8 GB).
+#: The same through ONNX Runtime, which keeps buffers sized for the largest input it ran: smaller tiles bound them.
 ONNX_MAX_PIXELS = 1024 * 1024
 #: Overlap of neighbouring tiles, in pixels at the processing size.
 DEFAULT_TILE_OVERLAP = 128
-#: The generator downsamples twice by 2, so inputs are padded to multiples of this...
-SIZE_MULTIPLE = 4
-#: ...and to at least this many pixels a side (reflection padding inside needs room at 1/4 scale).
+#: Inputs are padded to multiples of the model's `size_multiple` and to at least this many pixels a side
+#: (reflection padding inside the generators needs room at 1/4 scale).
 MIN_SIDE = 16
 #: Largest `size` and `output_size` accepted (a short side of 16384 px is already 268 Mpx for a 4:3 photo).
 MAX_SIZE = 16384
@@ -183,7 +182,9 @@ class Converter:
         self.config = dict(config or {})
         self.size, self.batch_size, self.output_size = size, batch_size, output_size
         self._max_pixels = max_pixels
-        self.tile_overlap = max(SIZE_MULTIPLE, tile_overlap // SIZE_MULTIPLE * SIZE_MULTIPLE)
+        #: Input H and W must be multiples of this: the model's own `size_multiple` (1 if it names none).
+        self.size_multiple = int(getattr(model, "size_multiple", 1))
+        self.tile_overlap = max(self.size_multiple, _round_down(tile_overlap, self.size_multiple))
         self.half, self.channels_last, self.backend = half, channels_last, backend
         self._onnx = None
         self.invert, self.threshold, self.line_weight = invert, threshold, line_weight
@@ -323,11 +324,11 @@ class Converter:
             if x.shape[-2] * x.shape[-1] > self.max_pixels:
                 outputs[index] = self._run_tiled(x)
             else:
-                groups.setdefault(tuple(_padded_shape(*x.shape[-2:])), []).append(index)
+                groups.setdefault(_padded_shape(*x.shape[-2:], self.size_multiple), []).append(index)
         for indices in groups.values():
             for start in range(0, len(indices), self.batch_size):
                 chunk = indices[start : start + self.batch_size]
-                batch = torch.stack([_pad(prepared[i]) for i in chunk])
+                batch = torch.stack([_pad(prepared[i], self.size_multiple) for i in chunk])
                 result = self._forward(batch)
                 for i, drawing in zip(chunk, result):
                     outputs[i] = drawing[:, : prepared[i].shape[-2], : prepared[i].shape[-1]]
@@ -393,12 +394,13 @@ class Converter:
     def _run_tiled(self, x: torch.Tensor) -> torch.Tensor:
         """Run a (3, H, W) image over `max_pixels` as overlapping tiles with image-wide norm statistics."""
         height, width = x.shape[-2:]
-        padded = _pad(x)
+        m = self.size_multiple
+        padded = _pad(x, m)
         full_h, full_w = padded.shape[-2:]
-        tile_h, tile_w = _tile_shape(full_h, full_w, self.max_pixels)
-        overlap = min(self.tile_overlap, max(SIZE_MULTIPLE, min(tile_h, tile_w) // 2 // SIZE_MULTIPLE * SIZE_MULTIPLE - SIZE_MULTIPLE))
+        tile_h, tile_w = _tile_shape(full_h, full_w, self.max_pixels, m)
+        overlap = min(self.tile_overlap, max(m, _round_down(min(tile_h, tile_w) // 2, m) - m))
         ys, xs = _starts(full_h, tile_h, overlap), _starts(full_w, tile_w, overlap)
-        core_y, core_x = _cores(ys, tile_h, full_h), _cores(xs, tile_w, full_w)
+        core_y, core_x = _cores(ys, tile_h, full_h, m), _cores(xs, tile_w, full_w, m)
         tiles = [(y, x0, cy, cx) for y, cy in zip(ys, core_y) for x0, cx in zip(xs, core_x)]
 
         stats = self._tiled_norm_stats(padded, tiles, tile_h, tile_w)
@@ -457,7 +459,8 @@ class Converter:
             handles = [m.register_forward_pre_hook(lambda m, _: order.append(m)) for m in norms]
             try:
                 dtype = torch.float16 if self.half else torch.float32
-                self.model(torch.zeros(1, 3, MIN_SIDE, MIN_SIDE, device=self.device, dtype=dtype))
+                side = _round_up(MIN_SIDE, self.size_multiple)
+                self.model(torch.zeros(1, 3, side, side, device=self.device, dtype=dtype))
             finally:
                 for handle in handles:
                     handle.remove()
@@ -521,17 +524,23 @@ def _processing_shape(height: int, width: int, size: int) -> tuple[int, int]:
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
-def _padded_shape(height: int, width: int) -> tuple[int, int]:
-    def side(n: int) -> int:
-        return max(MIN_SIDE, math.ceil(n / SIZE_MULTIPLE) * SIZE_MULTIPLE)
-
-    return side(height), side(width)
+def _round_down(n: int, multiple: int) -> int:
+    return n // multiple * multiple
 
 
-def _pad(x: torch.Tensor) -> torch.Tensor:
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def _padded_shape(height: int, width: int, multiple: int) -> tuple[int, int]:
+    """(H, W) rounded up to multiples of `multiple`, and to at least `MIN_SIDE`."""
+    return _round_up(max(height, MIN_SIDE), multiple), _round_up(max(width, MIN_SIDE), multiple)
+
+
+def _pad(x: torch.Tensor, multiple: int) -> torch.Tensor:
     """Replicate-pad a (C, H, W) image at the bottom/right to `_padded_shape` (works down to 1x1)."""
     height, width = x.shape[-2:]
-    target_h, target_w = _padded_shape(height, width)
+    target_h, target_w = _padded_shape(height, width, multiple)
     if (target_h, target_w) == (height, width):
         return x
     return F.pad(x[None], (0, target_w - width, 0, target_h - height), mode="replicate")[0]
@@ -542,13 +551,13 @@ def _resize(x: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x[None], size=shape, mode="bilinear", antialias=True, align_corners=False)[0]
 
 
-def _tile_shape(height: int, width: int, max_pixels: int) -> tuple[int, int]:
-    """The largest tile (multiples of 4, within the image) of at most `max_pixels`, as square as possible."""
-    side = max(MIN_SIDE, math.isqrt(max_pixels) // SIZE_MULTIPLE * SIZE_MULTIPLE)
-    tile_h = min(height, side)
-    tile_w = min(width, max(MIN_SIDE, max_pixels // tile_h // SIZE_MULTIPLE * SIZE_MULTIPLE))
+def _tile_shape(height: int, width: int, max_pixels: int, multiple: int) -> tuple[int, int]:
+    """The largest tile (multiples of `multiple`, within the image) of at most `max_pixels`, as square as possible."""
+    smallest = _round_up(MIN_SIDE, multiple)
+    tile_h = min(height, max(smallest, _round_down(math.isqrt(max_pixels), multiple)))
+    tile_w = min(width, max(smallest, _round_down(max_pixels // tile_h, multiple)))
     if tile_w == width and tile_h < height:  # narrow image: spend the budget on height instead
-        tile_h = min(height, max(MIN_SIDE, max_pixels // tile_w // SIZE_MULTIPLE * SIZE_MULTIPLE))
+        tile_h = min(height, max(smallest, _round_down(max_pixels // tile_w, multiple)))
     return tile_h, tile_w
 
 
@@ -561,11 +570,11 @@ def _starts(total: int, tile: int, overlap: int) -> list[int]:
     return starts + [total - tile]
 
 
-def _cores(starts: list[int], tile: int, total: int) -> list[tuple[int, int]]:
-    """Split [0, total) among the tiles at the middle of each overlap (multiples of 4), one core per tile."""
+def _cores(starts: list[int], tile: int, total: int, multiple: int) -> list[tuple[int, int]]:
+    """Split [0, total) among the tiles at the middle of each overlap (multiples of `multiple`), one core per tile."""
     bounds = [0]
     for current, following in zip(starts, starts[1:]):
-        middle = (following + current + tile) // 2 // SIZE_MULTIPLE * SIZE_MULTIPLE
+        middle = _round_down((following + current + tile) // 2, multiple)
         bounds.append(min(max(middle, following), current + tile))
     bounds.append(total)
     return list(zip(bounds, bounds[1:]))
