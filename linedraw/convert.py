@@ -29,6 +29,7 @@ from PIL import Image
 from linedraw.errors import LinedrawError, UsageError
 from linedraw.images import DEFAULT_MAX_PIXELS as DEFAULT_REFUSE_PIXELS
 from linedraw.images import normalize_mode
+from linedraw.models import size_multiple
 
 #: Inference engines: "torch", "onnxruntime" (CPU, float32) and "auto" (the checkpoint's CPU recommendation).
 BACKENDS = ("auto", "torch", "onnxruntime")
@@ -183,7 +184,7 @@ class Converter:
         self.size, self.batch_size, self.output_size = size, batch_size, output_size
         self._max_pixels = max_pixels
         #: Input H and W must be multiples of this: the model's own `size_multiple` (1 if it names none).
-        self.size_multiple = int(getattr(model, "size_multiple", 1))
+        self.size_multiple = size_multiple(model)
         self.tile_overlap = max(self.size_multiple, _round_down(tile_overlap, self.size_multiple))
         self.half, self.channels_last, self.backend = half, channels_last, backend
         self._onnx = None

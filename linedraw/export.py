@@ -1,7 +1,7 @@
 """ONNX export of a generator (G_A) with dynamic batch, height and width, checked against PyTorch.
 
-The graph takes (B, 3, H, W) photos in [0, 1] with H and W multiples of 4 and returns (B, 1, H, W)
-drawings in [0, 1]; resizing, padding and post-processing stay with the caller (see `linedraw.convert`).
+The graph takes (B, 3, H, W) photos in [0, 1] with H and W multiples of the model's `size_multiple` and returns
+(B, 1, H, W) drawings in [0, 1]; resizing, padding and post-processing stay with the caller (see `linedraw.convert`).
 Uses the torch.export-based exporter (needs `onnxscript`; `pip install linedraw[onnx]`).
 """
 from __future__ import annotations
@@ -13,8 +13,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-#: H and W of the exported graph must be multiples of this (the generator downsamples twice by 2).
-SIZE_MULTIPLE = 4
+from linedraw.models import size_multiple
 
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, example_size: int = 256, opset: int = 18) -> Path:
@@ -23,14 +22,17 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, example_size: int = 2
 
     from linedraw.errors import UsageError
 
-    if example_size < 2 * SIZE_MULTIPLE or example_size % SIZE_MULTIPLE:
-        raise UsageError(f"example_size must be a multiple of {SIZE_MULTIPLE}, at least {2 * SIZE_MULTIPLE}, "
-                         f"got {example_size}")
+    multiple = size_multiple(model)
+    if example_size < 2 * multiple or example_size % multiple:
+        raise UsageError(f"example_size must be a multiple of {multiple} (the model's size_multiple), at least "
+                         f"{2 * multiple}, got {example_size}")
     model = model.eval().float().to("cpu")
     example = torch.rand(1, 3, example_size, example_size)
-    # Height and width are declared as 4 * k, which is what the generator accepts.
-    height, width = Dim("height_div4", min=2, max=8192), Dim("width_div4", min=2, max=8192)
-    dynamic = {"x": {0: Dim("batch", min=1, max=4096), 2: SIZE_MULTIPLE * height, 3: SIZE_MULTIPLE * width}}
+    # Height and width are declared as size_multiple * k, which is what the model accepts.
+    height, width = Dim(f"height_div{multiple}", min=2, max=8192), Dim(f"width_div{multiple}", min=2, max=8192)
+    if multiple > 1:
+        height, width = multiple * height, multiple * width
+    dynamic = {"x": {0: Dim("batch", min=1, max=4096), 2: height, 3: width}}
     program = torch.onnx.export(
         model, (example,), dynamo=True, dynamic_shapes=dynamic, input_names=["photo"],
         output_names=["drawing"], opset_version=opset, verbose=False,
@@ -88,8 +90,8 @@ class OnnxRunner:
                 write_atomic_path(self.path, lambda tmp: export_onnx(plain, tmp))
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
-        # The memory pattern (pre-planned buffers per input shape) measured slower here and no smaller; the arena
-        # stays on (turning it off cost ~1.5x at 512 px), so callers bound memory with the input size instead.
+        # The memory pattern (pre-planned buffers per input shape) ran slower for these graphs and saved no memory;
+        # the arena stays on (off, every run allocates afresh), so callers bound memory with the input size instead.
         options.enable_mem_pattern = False
         self.session = onnxruntime.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
 

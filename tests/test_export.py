@@ -62,3 +62,37 @@ def test_onnxruntime_backend_matches_pytorch_and_caches_the_graph(tmp_path, monk
     assert Converter(model, device="cpu", backend="onnxruntime", max_pixels=5000).max_pixels == 5000
     with pytest.raises(ValueError, match="backend"):
         Converter(model, device="cpu", backend="tensorrt")
+
+
+class _Needs8(torch.nn.Module):
+    """A generator that takes only multiples of 8 and says so with `size_multiple`."""
+
+    size_multiple = 8
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 1, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2] % 8 or x.shape[-1] % 8:
+            raise ValueError(f"input height and width must be multiples of 8, got {tuple(x.shape)}")
+        return torch.sigmoid(self.conv(x))
+
+
+def test_export_checks_the_example_against_the_model_s_own_size_multiple(tmp_path):
+    from linedraw.errors import UsageError
+    from linedraw.export import export_onnx
+
+    with pytest.raises(UsageError, match="example_size must be a multiple of 8"):
+        export_onnx(_Needs8(), tmp_path / "g.onnx", example_size=20)
+    assert not (tmp_path / "g.onnx").exists()
+
+
+@pytest.mark.slow
+def test_export_cli_checks_at_a_size_on_the_model_s_grid(tmp_path, capsys):
+    """--example-size 68: the check's other size (half the side, plus a step) stays a multiple of 4."""
+    model = create_model(TINY["model"], **TINY["kwargs"]).eval()
+    checkpoint = save_generator(model, tmp_path / "tiny", TINY)
+    assert main(["export", "-o", str(tmp_path / "g.onnx"), "--checkpoint", str(checkpoint),
+                 "--example-size", "68"]) == 0
+    assert "on a 36x104 batch of 2" in capsys.readouterr().out

@@ -25,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "export",
         help="export a checkpoint's generator (ONNX)",
         description="Write a checkpoint's generator as an ONNX graph with dynamic batch, height and width "
-        "(multiples of 4), for ONNX Runtime or other engines; when onnxruntime is installed, the graph is "
+        "(multiples of the generator's size multiple), for ONNX Runtime or other engines; when onnxruntime is installed, the graph is "
         "checked against PyTorch on an input of another size than the one traced.",
     )
     add_output(parser, "where the .onnx file goes", metavar="FILE")
@@ -33,7 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--checkpoint", default="contour", metavar="NAME|PATH",
                         help="shipped checkpoint name, .safetensors file or training output dir (default: contour)")
     parser.add_argument("--example-size", type=int, default=256, metavar="N",
-                        help="side of the example input traced (any multiple of 4 works at run time)")
+                        help="side of the example input traced, a multiple of the generator's size multiple (any "
+                             "such multiple works at run time; default: %(default)s)")
     parser.add_argument("--opset", type=int, default=18, help="ONNX opset version (default: 18)")
     parser.add_argument("--tolerance", type=float, default=1e-4,
                         help="fail when onnxruntime and PyTorch differ by more than this (default: 1e-4)")
@@ -45,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from linedraw.checkpoint import load_generator
     from linedraw.errors import LinedrawError
     from linedraw.export import check_onnx, export_onnx
+    from linedraw.models import size_multiple
     from linedraw.images import check_writable
 
     check_writable(args.output)  # before loading and tracing, which take a while
@@ -56,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
     if importlib.util.find_spec("onnxruntime") is None:
         print("onnxruntime not installed: skipped the check against PyTorch")
         return 0
-    shape = (2, 3, args.example_size // 2 + 4, args.example_size + 36)
+    multiple = size_multiple(model)  # another size than the traced one, non-square, on the model's grid
+    shape = (2, 3, (args.example_size // 2 // multiple + 1) * multiple, args.example_size + 9 * multiple)
     diff = check_onnx(model, path, shape)
     print(f"onnxruntime vs PyTorch on a {shape[2]}x{shape[3]} batch of {shape[0]}: max abs diff {diff:.2e}")
     if diff > args.tolerance:

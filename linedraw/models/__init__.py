@@ -34,6 +34,11 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def size_multiple(model: nn.Module) -> int:
+    """What `model`'s input H and W must be multiples of: its `size_multiple` attribute (1 when it names none)."""
+    return int(getattr(model, "size_multiple", 1))
+
+
 # Importing the modules registers their models.
 from linedraw.models.discriminator import PatchDiscriminator  # noqa: E402
 from linedraw.models.generator import ResnetGenerator, crop_to, pad_to_multiple, resnet_generator_resize  # noqa: E402
@@ -45,6 +50,7 @@ __all__ = [
     "register_model",
     "create_model",
     "list_models",
+    "size_multiple",
     "ResnetGenerator",
     "resnet_generator_resize",
     "FastGenerator",
