@@ -21,7 +21,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -41,12 +41,9 @@ log = logging.getLogger("linedraw.distill")
 
 #: Resume points kept (the newest and the one before, in case the newest is damaged).
 KEEP_STATES = 2
-#: CPU settings bench/convert.py measured best for the fast_generator student (README, Performance).
-FAST_INFERENCE = {"channels_last": True, "cpu_backend": "onnxruntime"}
-#: Default student, the shipped contour-fast: 8 blocks at 1/4 scale kept 0.965 of the teacher's BSDS500 ODS where
-#: 4 kept 0.947, at ~6 images/s on 2 CPU cores (checkpoints/contour-fast.md, README Performance).
-DEFAULT_STUDENT = {"model": "fast_generator", "kwargs": {"width": 24, "n_blocks": 8, "n_blocks_half": 1,
-                                                        "expansion": 2}}
+#: Default student: the shipped contour-fast's shape, a named variant registered beside `FastGenerator` (its model
+#: card, checkpoints/contour-fast.md, says why this depth).
+DEFAULT_STUDENT = "fast_generator_w24_b8"
 
 
 @dataclass
@@ -56,7 +53,7 @@ class DistillConfig:
     photos: list[str]
     output_dir: str
     teacher: str = "contour"
-    student: dict = field(default_factory=lambda: json.loads(json.dumps(DEFAULT_STUDENT)))
+    student: str | dict = DEFAULT_STUDENT  # a registered model name, or {"model": NAME, "kwargs": {...}}
     sizes: list[int] | None = None  # short sides the teacher draws at; None = the teacher's inference size
     crop: int = 192
     batch_size: int = 8
@@ -83,13 +80,20 @@ class DistillConfig:
                     or value < 0 or (name == "lr" and value == 0):
                 raise UsageError(f"{name} must be a {'positive' if name == 'lr' else 'non-negative'} number, "
                                  f"got {value!r}")
-        if self.crop % 4:
-            raise UsageError(f"crop must be a multiple of 4, got {self.crop}")
         if self.sizes is not None and (not self.sizes or min(self.sizes) < self.crop):
             raise UsageError(f"every size must be at least the crop ({self.crop}), got {self.sizes}")
+        if isinstance(self.student, str):
+            return
         if not isinstance(self.student, dict) or not isinstance(self.student.get("model"), str) \
                 or not isinstance(self.student.get("kwargs", {}), dict):
-            raise UsageError(f'student must be {{"model": NAME, "kwargs": {{...}}}}, got {self.student!r}')
+            raise UsageError(f'student must be a registered model name or {{"model": NAME, "kwargs": {{...}}}}, '
+                             f"got {self.student!r}")
+
+    def student_spec(self) -> dict:
+        """`student` as the checkpoint JSON records a model: {"model": NAME, "kwargs": {...}}."""
+        if isinstance(self.student, str):
+            return {"model": self.student, "kwargs": {}}
+        return {"model": self.student["model"], "kwargs": dict(self.student.get("kwargs", {}))}
 
 
 # ------------------------------------------------------------------------------------------------- pairs
@@ -213,7 +217,7 @@ def distill(config: DistillConfig, show_progress: bool = True) -> dict:
 
     from linedraw.checkpoint import load_generator, save_generator
     from linedraw.losses import distillation_loss
-    from linedraw.models import create_model
+    from linedraw.models import create_model, size_multiple
 
     config.validate()
     accelerator = _accelerator(config.device)  # a device this machine lacks fails here, before any work
@@ -222,11 +226,16 @@ def distill(config: DistillConfig, show_progress: bool = True) -> dict:
     sizes = config.sizes or [int(teacher_config.get("inference", {}).get("size", 512))]
     if min(sizes) < config.crop:
         raise UsageError(f"crop={config.crop} is larger than the teacher's inference size {sizes[0]}: pass sizes")
+    spec = config.student_spec()
     try:
         torch.manual_seed(config.seed)
-        student = create_model(config.student["model"], **config.student.get("kwargs", {}))
+        student = create_model(spec["model"], **spec["kwargs"])
     except (KeyError, TypeError, ValueError) as err:
         raise UsageError(f"student {config.student!r}: {err}") from None
+    if config.crop % size_multiple(student):
+        raise UsageError(f"crop must be a multiple of {size_multiple(student)} (the student's size_multiple), "
+                         f"got {config.crop}")
+    inference = {"size": sizes[0], **getattr(student, "inference_defaults", {})}
 
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -251,9 +260,8 @@ def distill(config: DistillConfig, show_progress: bool = True) -> dict:
     resync(scheduler, counter.step)
 
     student_config = {
-        **config.student,
-        # Measured by bench/convert.py for the fast_generator student on CPU: channels-last and ONNX Runtime win.
-        "inference": {"size": sizes[0], **(FAST_INFERENCE if config.student["model"] == "fast_generator" else {})},
+        **spec,
+        "inference": inference,
         "distillation": {"teacher": config.teacher, "teacher_model": teacher_config.get("model"),
                          "teacher_kwargs": teacher_config.get("kwargs"), "pairs": len(pairs),
                          "settings": {k: v for k, v in asdict(config).items() if k not in ("output_dir",)}},

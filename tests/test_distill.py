@@ -67,7 +67,7 @@ def test_student_is_much_smaller_than_the_teacher_it_replaces():
     """The shipped student architecture vs the paper generator: the point of distilling is the saving."""
     from linedraw.distill import DEFAULT_STUDENT
 
-    student = create_model(DEFAULT_STUDENT["model"], **DEFAULT_STUDENT["kwargs"])
+    student = create_model(DEFAULT_STUDENT)
     paper = create_model("resnet_generator", ngf=64, n_blocks=3)
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert count(student) * 20 < count(paper)
@@ -286,3 +286,24 @@ def test_build_pairs_draws_through_the_conversion_pipeline(tmp_path, photos, tea
     again, errors = build_pairs([str(photos)], tmp_path / "run", str(teacher), [32], device="cpu",
                                 show_progress=False)
     assert len(again) == 4 and not errors and drawing.is_file() and not stale.exists()
+
+
+def test_student_by_registered_name_and_its_inference_defaults(tmp_path, photos, teacher, capsys):
+    """--student takes a registered variant's name (JSON stays accepted); the checkpoint records the name, and the
+    CPU recommendation comes from the model class, not from a comparison with "fast_generator"."""
+    from linedraw.commands.distill import _student_spec
+    from linedraw.distill import DEFAULT_STUDENT
+
+    assert DEFAULT_STUDENT == "fast_generator_w24_b8" and _student_spec(DEFAULT_STUDENT) == DEFAULT_STUDENT
+    assert _student_spec(json.dumps(STUDENT)) == STUDENT
+    assert main(["distill", str(photos), "-o", str(tmp_path / "bad"), "--student", "fast_generatr"]) == 2
+    assert "fast_generator_w24_b8" in capsys.readouterr().err  # the names it knows
+    distill(_config(photos, teacher, tmp_path / "run", student=DEFAULT_STUDENT, steps=1, save_every=1),
+            show_progress=False)
+    _, saved = load_generator(tmp_path / "run" / "student.safetensors")
+    assert saved["model"] == DEFAULT_STUDENT and saved["kwargs"] == {}
+    assert saved["inference"] == {"size": 32, "channels_last": True, "cpu_backend": "onnxruntime"}
+    distill(_config(photos, teacher, tmp_path / "paper", student={"model": "resnet_generator",
+                                                                  "kwargs": {"ngf": 4, "n_blocks": 1}},
+                    steps=1, save_every=1), show_progress=False)
+    assert load_generator(tmp_path / "paper" / "student.safetensors")[1]["inference"] == {"size": 32}

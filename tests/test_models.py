@@ -107,11 +107,23 @@ def test_config_validates_the_upsample_mode(tmp_path):
 
 
 def test_size_multiple_is_a_property_of_the_model_class():
-    from linedraw.models import generator, student
+    from linedraw.models import generator, size_multiple, student
 
-    assert ResnetGenerator.size_multiple == generator.SIZE_MULTIPLE == 4
-    assert FastGenerator.size_multiple == student.SIZE_MULTIPLE == 4
+    assert ResnetGenerator.size_multiple == FastGenerator.size_multiple == 4
     assert create_model("resnet_generator_resize", ngf=8, n_blocks=1).size_multiple == 4
+    assert size_multiple(torch.nn.Conv2d(3, 1, 1)) == 1  # a model that names no grid is padded to none
+    assert not hasattr(generator, "SIZE_MULTIPLE") and not hasattr(student, "SIZE_MULTIPLE")  # no copies
+
+
+def test_the_shipped_student_shape_is_a_registered_variant():
+    """`fast_generator_w24_b8` is FastGenerator at the shipped contour-fast's shape (timm-style named variant)."""
+    named = create_model("fast_generator_w24_b8")
+    spelled = FastGenerator(width=24, n_blocks=8, n_blocks_half=1, expansion=2)
+    assert isinstance(named, FastGenerator)
+    assert {k: v.shape for k, v in named.state_dict().items()} == {k: v.shape for k, v in spelled.state_dict().items()}
+    assert create_model("fast_generator_w24_b8", in_channels=1).in_channels == 1
+    with pytest.raises(TypeError, match="width"):
+        create_model("fast_generator_w24_b8", width=8)  # the name fixes the shape
 
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"

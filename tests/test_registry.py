@@ -44,6 +44,7 @@ EXAMPLES: dict[str, Example] = {
                                 call=lambda model, args: model(args[0][:, : model.in_channels])),
     "resnet_generator_resize": Example([{"ngf": 8, "n_blocks": 1}], _image(3), generator=True),
     "fast_generator": Example([{"width": 8, "n_blocks": 1, "n_blocks_half": 1}], _image(3), generator=True),
+    "fast_generator_w24_b8": Example([{}], _image(3), generator=True),
     "patch_discriminator": Example([{"in_channels": 1, "ndf": 8, "n_layers": 2}], _image(1, 32)),
     "geometry_head": Example([{"in_channels": [4, 8], "width": 8}], _features,
                              call=lambda model, args: model(args[0], size=(16, 16))),

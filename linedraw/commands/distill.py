@@ -36,10 +36,18 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _student_spec(text: str) -> dict:
-    """`--student`: JSON text, or the path of a JSON file; errors name the flag (and the file)."""
+def _student_spec(text: str) -> str | dict:
+    """`--student`: a registered model name, JSON text, or the path of a JSON file; errors name the flag (and the
+    file)."""
+    from linedraw.models import list_models
+
+    if text in list_models():
+        return text
     source = "--student"
-    if not text.lstrip().startswith("{") and Path(text).is_file():
+    if not text.lstrip().startswith("{") and not Path(text).is_file():
+        raise UsageError(f"--student {text}: neither a registered model ({', '.join(list_models())}), a JSON "
+                         "object nor a .json file")
+    if not text.lstrip().startswith("{"):
         source = f"--student {text}"
         try:
             text = Path(text).read_text(encoding="utf-8")
@@ -69,13 +77,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("photos", nargs="+", help="unlabelled photos: files, folders (recursive) or glob patterns")
     add_output(parser, "run folder (pairs, state, metrics, student)", metavar="OUT")
     parser.add_argument("--teacher", default=defaults.teacher, help="teacher checkpoint name or path (default: contour)")
-    parser.add_argument("--student", default=json.dumps(DEFAULT_STUDENT),
-                        help='student architecture as JSON {"model": ..., "kwargs": {...}}, or a .json file holding '
-                             'it (default: %(default)s)')
+    parser.add_argument("--student", default=DEFAULT_STUDENT,
+                        help='student architecture: a registered model name (the default is the shipped '
+                             'contour-fast\'s shape), JSON {"model": ..., "kwargs": {...}}, or a .json file holding it '
+                             '(default: %(default)s)')
     parser.add_argument("--sizes", type=int, nargs="+", default=None,
                         help="short sides the teacher draws the photos at (default: the teacher's inference size)")
     parser.add_argument("--crop", type=_whole(16), default=defaults.crop,
-                        help="training crop, px, a multiple of 4 (default: %(default)s)")
+                        help="training crop, px, a multiple of the student's size multiple (default: %(default)s)")
     parser.add_argument("--batch-size", type=_whole(1), default=defaults.batch_size,
                         help="crops per step and process (default: %(default)s)")
     parser.add_argument("--steps", type=_whole(1), default=defaults.steps,
@@ -105,8 +114,6 @@ def run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     student = _student_spec(args.student)
-    if args.crop % 4:
-        raise UsageError(f"--crop {args.crop}: must be a multiple of 4")
     config = DistillConfig(photos=args.photos, output_dir=args.output, teacher=args.teacher, student=student,
                            sizes=args.sizes, crop=args.crop, batch_size=args.batch_size, steps=args.steps,
                            lr=args.lr, warmup=args.warmup, edge_weight=args.edge_weight, line_weight=args.line_weight,

@@ -44,7 +44,7 @@ from linedraw.models.discriminator import PatchDiscriminator  # noqa: E402
 from linedraw.models.generator import ResnetGenerator, crop_to, pad_to_multiple, resnet_generator_resize  # noqa: E402
 from linedraw.models.geometry import GeometryHead  # noqa: E402
 from linedraw.models.pool import ImagePool  # noqa: E402
-from linedraw.models.student import FastGenerator  # noqa: E402
+from linedraw.models.student import FastGenerator, fast_generator_w24_b8  # noqa: E402
 
 __all__ = [
     "register_model",
@@ -54,6 +54,7 @@ __all__ = [
     "ResnetGenerator",
     "resnet_generator_resize",
     "FastGenerator",
+    "fast_generator_w24_b8",
     "PatchDiscriminator",
     "GeometryHead",
     "ImagePool",

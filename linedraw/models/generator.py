@@ -13,9 +13,6 @@ import torch.nn.functional as F
 
 from linedraw.models import register_model
 
-#: Two stride-2 downsamplings: inputs must have H and W divisible by this. Kept as an alias of
-#: `ResnetGenerator.size_multiple`, which callers should read from the model they run.
-SIZE_MULTIPLE = 4
 #: Smallest side: the 1/4-size bottleneck needs 2 pixels for its reflection padding.
 MIN_SIZE = 8
 #: The `upsample` choices of `ResnetGenerator`.
@@ -51,7 +48,7 @@ class ResnetGenerator(nn.Module):
     """
 
     #: Input H and W must be divisible by this (two stride-2 downsamplings).
-    size_multiple: int = SIZE_MULTIPLE
+    size_multiple: int = 4
 
     def __init__(self, in_channels: int = 3, out_channels: int = 1, ngf: int = 64, n_blocks: int = 3,
                  upsample: str = "transpose") -> None:
@@ -104,7 +101,7 @@ class ResnetGenerator(nn.Module):
         if h % self.size_multiple or w % self.size_multiple:
             raise ValueError(
                 f"input height and width must be multiples of {self.size_multiple}, got {h}x{w}; "
-                "pad with linedraw.models.pad_to_multiple and crop the output back with crop_to"
+                "pad with linedraw.models.pad_to_multiple(x, model.size_multiple) and crop the output back with crop_to"
             )
         if h < MIN_SIZE or w < MIN_SIZE:
             raise ValueError(f"input height and width must be at least {MIN_SIZE}, got {h}x{w}")
@@ -117,10 +114,8 @@ def resnet_generator_resize(**kwargs) -> ResnetGenerator:
     return ResnetGenerator(upsample="resize", **kwargs)
 
 
-def pad_to_multiple(
-    x: torch.Tensor, multiple: int = SIZE_MULTIPLE, mode: str = "reflect"
-) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Pad the bottom/right of an NCHW tensor so H and W are multiples of `multiple`.
+def pad_to_multiple(x: torch.Tensor, multiple: int, mode: str = "reflect") -> tuple[torch.Tensor, tuple[int, int]]:
+    """Pad the bottom/right of an NCHW tensor so H and W are multiples of `multiple` (a model's `size_multiple`).
 
     Returns the padded tensor and the original (h, w) for `crop_to`. Reflect padding needs the pad to be
     smaller than the image side; tiny images fall back to replicate padding.

@@ -14,10 +14,6 @@ import torch.nn.functional as F
 
 from linedraw.models import register_model
 
-#: One pixel unshuffle and one stride-2 convolution: inputs must have H and W divisible by this. Kept as an
-#: alias of `FastGenerator.size_multiple`, which callers should read from the model they run.
-SIZE_MULTIPLE = 4
-
 
 class InvertedResidual(nn.Module):
     """1x1 expand -> ReLU -> depthwise 3x3 -> ReLU -> 1x1 project, plus the input (MobileNetV2 block)."""
@@ -46,7 +42,10 @@ class FastGenerator(nn.Module):
     """
 
     #: Input H and W must be divisible by this (a pixel unshuffle and a stride-2 convolution).
-    size_multiple: int = SIZE_MULTIPLE
+    size_multiple: int = 4
+    #: What a checkpoint of this model recommends for conversion (its JSON's "inference", read by `Converter`):
+    #: bench/convert.py found channels-last and ONNX Runtime fastest for it on CPU (README, Performance).
+    inference_defaults = {"channels_last": True, "cpu_backend": "onnxruntime"}
 
     def __init__(self, in_channels: int = 3, out_channels: int = 1, width: int = 24, n_blocks: int = 8,
                  n_blocks_half: int = 1, expansion: int = 2) -> None:
@@ -71,8 +70,16 @@ class FastGenerator(nn.Module):
         h, w = x.shape[-2:]
         if h % self.size_multiple or w % self.size_multiple:
             raise ValueError(f"input height and width must be multiples of {self.size_multiple}, got {h}x{w}; "
-                             "pad with linedraw.models.pad_to_multiple and crop the output back with crop_to")
+                             "pad with linedraw.models.pad_to_multiple(x, model.size_multiple) and crop the output "
+                             "back with crop_to")
         skip = self.stem(x)
         deep = self.up(self.down(skip))
         y = skip + F.interpolate(deep, scale_factor=2.0, mode="bilinear", align_corners=False)
         return torch.sigmoid(self.head(self.mid(y)))
+
+
+@register_model("fast_generator_w24_b8")
+def fast_generator_w24_b8(**kwargs) -> FastGenerator:
+    """The shipped `contour-fast` student's shape (width 24, 8 blocks at 1/4 scale, 1 at 1/2, expansion 2), by name;
+    `kwargs` may set the channels only."""
+    return FastGenerator(width=24, n_blocks=8, n_blocks_half=1, expansion=2, **kwargs)
