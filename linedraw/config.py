@@ -303,11 +303,12 @@ def validate(cfg: TrainConfig) -> None:
     for key, allowed in _CHOICES.items():
         if _get(cfg, key) not in allowed:
             raise ConfigError(f"{key}={_get(cfg, key)!r} must be one of {', '.join(map(repr, allowed))}", key)
-    if cfg.data.size % 4:
-        raise ConfigError(f"data.size={cfg.data.size} must be a multiple of 4 (the generator downsamples twice)",
-                          "data.size")
     from linedraw.models.augment import parse_policy
-    from linedraw.models.generator import UPSAMPLE_MODES
+    from linedraw.models.generator import UPSAMPLE_MODES, ResnetGenerator
+
+    if cfg.data.size % ResnetGenerator.size_multiple:
+        raise ConfigError(f"data.size={cfg.data.size} must be a multiple of {ResnetGenerator.size_multiple} (the "
+                          "generators' size_multiple)", "data.size")
 
     if cfg.model.upsample not in UPSAMPLE_MODES:
         raise ConfigError(f"model.upsample={cfg.model.upsample!r} must be one of {', '.join(UPSAMPLE_MODES)}",

@@ -32,6 +32,18 @@ def test_overrides_parse_as_yaml_and_nest():
         apply_overrides({}, ["optim.max_steps"])
 
 
+def test_crop_size_follows_the_generator_s_size_multiple(tmp_path, monkeypatch):
+    """data.size is checked against ResnetGenerator.size_multiple, not a copy of its value."""
+    from linedraw.models import ResnetGenerator
+
+    path = tmp_path / "c.yaml"
+    path.write_text("data: {photos: [a], drawings: [b]}\n")
+    assert load_config(path, ["data.size=36", "data.load_size=40"]).data.size == 36
+    monkeypatch.setattr(ResnetGenerator, "size_multiple", 8)
+    with pytest.raises(ConfigError, match="data.size=36 must be a multiple of 8"):
+        load_config(path, ["data.size=36", "data.load_size=40"])
+
+
 def test_validation_rejects_what_cannot_work(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("data: {photos: [a], drawings: [b]}\n")
