@@ -209,7 +209,7 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> tuple[Path, Path]:
     names = ", ".join(c.name for c in list_checkpoints()) or "none"
     raise CheckpointError(
         f"no shipped checkpoint named {text!r}: looked for {text}.safetensors in {searched} "
-        f"(shipped: {names}). Pass --checkpoint PATH to a .safetensors file or a training output directory, "
+        f"(shipped: {names}). Give the path of a .safetensors file or a training output directory instead, "
         f"or set {ENV_VAR} to a folder of checkpoints."
     )
 

@@ -94,7 +94,7 @@ def test_shipped_names_from_env_dir(tmp_path, monkeypatch):
 
 def test_clear_errors(tmp_path, monkeypatch):
     monkeypatch.setenv("LINEDRAW_CHECKPOINTS", str(tmp_path))
-    with pytest.raises(CheckpointError, match=r"no shipped checkpoint named 'nope'.*--checkpoint"):
+    with pytest.raises(CheckpointError, match=r"no shipped checkpoint named 'nope'.*path of a .safetensors file"):
         load_generator("nope")
     with pytest.raises(CheckpointError, match="not found"):
         load_generator(tmp_path / "missing.safetensors")

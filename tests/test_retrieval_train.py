@@ -216,8 +216,10 @@ def test_save_load_round_trip(tmp_path):
     out = loaded.encode(images)
     assert out.shape == (3, 16) and torch.allclose(out, expected, atol=1e-6)
     assert torch.allclose(out.norm(dim=-1), torch.ones(3))
-    with pytest.raises(ValueError, match="matches no parameter"):
-        build_trained_embedder(TINY, unfreeze=["no.such.layer.*"])
+    from linedraw.errors import UsageError
+
+    with pytest.raises(UsageError, match=r"^unfreeze pattern 'no.such.layer.\*' matches no parameter"):
+        build_trained_embedder(TINY, unfreeze=["no.such.layer.*"])  # the argument, not a CLI flag
     with pytest.raises(FileNotFoundError, match="not a trained embedder"):
         load_trained_embedder(tmp_path)
 

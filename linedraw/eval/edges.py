@@ -248,7 +248,7 @@ def _load_counts(path: str | os.PathLike | None, settings: dict) -> dict[str, np
         saved = json.load(handle)
     if saved.get("settings") != settings:
         raise InvalidFileError(f"{path}: saved counts were made with {saved.get('settings')}, not {settings}; "
-                         "use another --counts file or delete it")
+                         "use another counts_file or delete it")
     return {name: np.asarray(value, dtype=np.float64) for name, value in saved["counts"].items()}
 
 

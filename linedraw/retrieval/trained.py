@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from linedraw.errors import UsageError
 from linedraw.images import write_atomic_path
 
 WEIGHTS_FILE = "embedder.safetensors"
@@ -75,8 +76,8 @@ class TrainedEmbedder(nn.Module):
         for pattern in self.unfreeze:
             hits = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
             if not hits:
-                raise ValueError(
-                    f"--unfreeze pattern {pattern!r} matches no parameter of {self.base_spec!r}; "
+                raise UsageError(
+                    f"unfreeze pattern {pattern!r} matches no parameter of {self.base_spec!r}; "
                     f"its last parameters are: {', '.join(names[-4:])}"
                 )
             chosen += [n for n in hits if n not in chosen]
