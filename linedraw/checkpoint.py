@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 
 from linedraw.errors import LinedrawError
-from linedraw.images import write_atomic
+from linedraw.images import write_atomic, write_text_atomic
 
 #: Environment variable listing extra directories of shipped checkpoints (searched first).
 ENV_VAR = "LINEDRAW_CHECKPOINTS"
@@ -115,8 +115,7 @@ def publish_step_dir(root: str | os.PathLike, name: str, keep: int) -> Path:
     if final.exists():
         shutil.rmtree(final)
     (root / f"{name}.tmp").rename(final)
-    (root / "latest.tmp").write_text(name + "\n")
-    (root / "latest.tmp").replace(root / "latest")
+    write_text_atomic(root / "latest", name + "\n")
     done = sorted(p for p in root.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp"))
     for stale in done[:-keep]:
         shutil.rmtree(stale)
