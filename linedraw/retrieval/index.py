@@ -13,7 +13,8 @@ Every change is made on a copy in a temporary sibling directory and published by
 either the old index or the new one, never a mix. One writer at a time: writers hold an flock on `.NAME.lock`
 beside the index (released by the kernel if the process dies); readers take no lock. Index kinds follow the Faiss guidelines
 (github.com/facebookresearch/faiss/wiki/Guidelines-to-choose-an-index): exact `flat` for small galleries,
-`hnsw` while the vectors fit the memory budget, `ivfpq` (compact codes, optionally on-disk lists) beyond.
+`hnsw` while the vectors fit the memory budget, `ivfpq` (compact codes, optionally on-disk lists, candidates
+re-scored exactly from the float16 vectors on disk) beyond.
 
 Views: an index built with several views (`drawing`: the embedding of the photo's drawing, `photo`: of the raw
 photo) stores per item one vector, the views' unit vectors side by side. A query q (one view wide) becomes
