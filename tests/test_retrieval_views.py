@@ -138,8 +138,11 @@ def test_store_follows_adds_and_removes(tmp_path):
     index.train(x)
     gallery = GalleryIndex.create(tmp_path / "index", {**plan.__dict__, "dim": dim, "embedder": "e"}, index)
     gallery.add(x[:1500], _items(1500))
+    # added rows wait on disk in the work copy, not in memory (a 1e6-photo build would hold gigabytes)
+    assert (gallery.directory / "added.f16").stat().st_size == 1500 * dim * 2 and not gallery._pending
     gallery.commit()
     gallery.close()
+    assert not (tmp_path / "index" / "added.f16").exists()
     with GalleryIndex.edit(tmp_path / "index") as writable:
         writable.remove(list(range(0, 1500, 3)))
         writable.add(x[1500:], _items(500))  # ids 1500..1999

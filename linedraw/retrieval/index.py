@@ -59,6 +59,7 @@ SHARD_ID_BITS = 40
 
 MANIFEST, FAISS_FILE, LISTS_FILE, DB_FILE = "manifest.json", "index.faiss", "lists.ivfdata", "meta.sqlite"
 VECTORS_FILE, VECTOR_IDS_FILE = "vectors.f16", "vector_ids.i64"
+_ADDED_VECTORS, _ADDED_IDS = "added.f16", "added.i64"  # rows added to a work copy, merged into the store at commit
 VIEWS = ("drawing", "photo")
 #: IVF-PQ re-scores this many candidates per wanted result with the float16 vectors (`refine` in the manifest):
 #: at 1e6 clustered vectors the true top 10 lie within the codes' top ~1000.
@@ -496,7 +497,7 @@ class GalleryIndex:
         self.directory, self.manifest, self.index, self.db, self._target = directory, manifest, index, db, target
         self._lock = lock
         self._store: VectorStore | None = None
-        self._pending: list[tuple[np.ndarray, np.ndarray]] = []  # (ids, vectors) added since opening
+        self._pending: list[tuple[np.ndarray, np.ndarray]] = []  # (ids, vectors) of merged shards' stores
         self._removed: set[int] = set()
 
     # -- opening
@@ -736,8 +737,11 @@ class GalleryIndex:
         ids = np.arange(first, first + len(items), dtype=np.int64)
         with stdout_to_stderr():
             self.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids)
-        if self.manifest.get("refine"):
-            self._pending.append((ids, np.asarray(vectors, dtype=np.float16)))
+        if self.manifest.get("refine"):  # appended to files in the work copy, so a big build holds no copy in RAM
+            with open(self.directory / _ADDED_VECTORS, "ab") as handle:
+                handle.write(np.ascontiguousarray(vectors, dtype=np.float16).tobytes())
+            with open(self.directory / _ADDED_IDS, "ab") as handle:
+                handle.write(ids.tobytes())
         rows = []
         for id_, item in zip(ids.tolist(), items):
             box = item.box or (None, None, None, None)
@@ -808,10 +812,17 @@ class GalleryIndex:
         if len(old.ids):
             keep = np.flatnonzero(~np.isin(old.ids, removed)) if len(removed) else None
             parts.append((old.ids if keep is None else old.ids[keep], old.vectors, keep))
-        for ids, vectors in self._pending:
-            mask = ~np.isin(ids, removed)
-            parts.append((ids[mask], vectors[mask]))
+        added_ids, added_vectors = self.directory / _ADDED_IDS, self.directory / _ADDED_VECTORS
+        pending = list(self._pending)
+        if added_ids.exists() and added_ids.stat().st_size:
+            ids = np.memmap(added_ids, np.int64, "r")
+            pending.append((ids, np.memmap(added_vectors, np.float16, "r", shape=(len(ids), int(self.index.d)))))
+        for ids, vectors in pending:
+            keep = np.flatnonzero(~np.isin(ids, removed)) if len(removed) else None
+            parts.append((ids if keep is None else ids[keep], vectors, keep))
         VectorStore.write(self.directory, parts, int(self.index.d))
+        for name in (added_ids, added_vectors):
+            name.unlink(missing_ok=True)
         self._store = None
 
     def discard(self) -> None:
