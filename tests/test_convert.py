@@ -230,7 +230,7 @@ def test_cli_exit_codes_for_setup_errors(tmp_path, checkpoint, capsys):
     _photo().save(tmp_path / "p.png")
     assert _convert(tmp_path / "p.png", "-o", tmp_path / "out", "--checkpoint", "no_such_model") == 2
     err = capsys.readouterr().err
-    assert "no_such_model" in err and "--checkpoint" in err
+    assert "no_such_model" in err and "path of a .safetensors file" in err  # the library names no flag
     assert _convert(tmp_path / "empty_dir_glob_*.png", "-o", tmp_path / "out", "--checkpoint", checkpoint) == 2
     assert _convert(tmp_path / "p.png", "-o", tmp_path / "out", "--checkpoint", checkpoint, "--half",
                     "--device", "cpu") == 2
@@ -322,25 +322,13 @@ def test_checkpoint_recommended_size_is_the_default_and_an_explicit_size_wins():
     assert Converter(model, {"inference": {"size": 192}}, size=64, device="cpu").size == 64
 
 
-class _Needs8(torch.nn.Module):
-    """A drawing model that takes only multiples of 8 (three stride-2 steps, say) and says so."""
-
-    size_multiple = 8
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = torch.nn.Conv2d(3, 1, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        assert x.shape[-2] % 8 == 0 and x.shape[-1] % 8 == 0, f"got {tuple(x.shape)}"
-        return torch.sigmoid(self.conv(x))
-
-
 def test_converter_pads_to_the_model_s_own_size_multiple():
     """The padding grid is the model's `size_multiple`, not a copy of the shipped generators' 4."""
+    from tests.synthetic import Needs8
+
     photo = torch.rand(3, 36, 52)
-    whole = Converter(_Needs8(), size=0, device="cpu").convert_tensors([photo])[0]
+    whole = Converter(Needs8(), size=0, device="cpu").convert_tensors([photo])[0]
     assert whole.shape == (1, 36, 52)
-    tiled = Converter(_Needs8(), size=0, max_pixels=24 * 24, tile_overlap=12, device="cpu")
+    tiled = Converter(Needs8(), size=0, max_pixels=24 * 24, tile_overlap=12, device="cpu")
     assert tiled.tile_overlap % 8 == 0
     assert tiled.convert_tensors([photo])[0].shape == (1, 36, 52)

@@ -64,27 +64,13 @@ def test_onnxruntime_backend_matches_pytorch_and_caches_the_graph(tmp_path, monk
         Converter(model, device="cpu", backend="tensorrt")
 
 
-class _Needs8(torch.nn.Module):
-    """A generator that takes only multiples of 8 and says so with `size_multiple`."""
-
-    size_multiple = 8
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = torch.nn.Conv2d(3, 1, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-2] % 8 or x.shape[-1] % 8:
-            raise ValueError(f"input height and width must be multiples of 8, got {tuple(x.shape)}")
-        return torch.sigmoid(self.conv(x))
-
-
 def test_export_checks_the_example_against_the_model_s_own_size_multiple(tmp_path):
     from linedraw.errors import UsageError
     from linedraw.export import export_onnx
+    from tests.synthetic import Needs8
 
     with pytest.raises(UsageError, match="example_size must be a multiple of 8"):
-        export_onnx(_Needs8(), tmp_path / "g.onnx", example_size=20)
+        export_onnx(Needs8(), tmp_path / "g.onnx", example_size=20)
     assert not (tmp_path / "g.onnx").exists()
 
 
