@@ -11,20 +11,6 @@ from pathlib import Path
 from linedraw.errors import UsageError
 
 
-def _whole(low: int):
-    """argparse type: a whole number >= low (argparse names the flag in its error)."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
-        return value
-
-    return parse
-
-
 def _positive_float(text: str) -> float:
     """argparse type: a finite number > 0."""
     try:
@@ -64,6 +50,7 @@ def _student_spec(text: str) -> str | dict:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `linedraw distill`."""
+    from linedraw.commands.index import non_negative_int, positive_int
     from linedraw.commands.options import add_device, add_output
     from linedraw.distill import DEFAULT_STUDENT, DistillConfig
 
@@ -83,27 +70,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              '(default: %(default)s)')
     parser.add_argument("--sizes", type=int, nargs="+", default=None,
                         help="short sides the teacher draws the photos at (default: the teacher's inference size)")
-    parser.add_argument("--crop", type=_whole(16), default=defaults.crop,
-                        help="training crop, px, a multiple of the student's size multiple (default: %(default)s)")
-    parser.add_argument("--batch-size", type=_whole(1), default=defaults.batch_size,
+    parser.add_argument("--crop", type=positive_int, default=defaults.crop,
+                        help="training crop, px, at least 16 and a multiple of the student's size multiple (default: "
+                             "%(default)s)")
+    parser.add_argument("--batch-size", type=positive_int, default=defaults.batch_size,
                         help="crops per step and process (default: %(default)s)")
-    parser.add_argument("--steps", type=_whole(1), default=defaults.steps,
+    parser.add_argument("--steps", type=positive_int, default=defaults.steps,
                         help="optimizer steps in all (default: %(default)s)")
     parser.add_argument("--lr", type=_positive_float, default=defaults.lr,
                         help="peak AdamW learning rate, after the warm-up (default: %(default)s)")
-    parser.add_argument("--warmup", type=_whole(0), default=defaults.warmup,
+    parser.add_argument("--warmup", type=non_negative_int, default=defaults.warmup,
                         help="warm-up steps before cosine decay (default: %(default)s)")
     parser.add_argument("--edge-weight", type=float, default=defaults.edge_weight,
                         help="weight of the Sobel-gradient L1 term (0 = plain L1)")
     parser.add_argument("--line-weight", type=float, default=defaults.line_weight,
                         help="extra L1 weight on the teacher's line pixels, so unsure strokes stay dark rather than "
                              "fade (0 = plain L1; default: %(default)s)")
-    parser.add_argument("--save-every", type=_whole(1), default=defaults.save_every,
+    parser.add_argument("--save-every", type=positive_int, default=defaults.save_every,
                         help="steps between resume points (default: %(default)s)")
-    parser.add_argument("--workers", type=_whole(0), default=defaults.workers,
+    parser.add_argument("--workers", type=non_negative_int, default=defaults.workers,
                         help="data-loading processes (default: %(default)s)")
     add_device(parser)
-    parser.add_argument("--seed", type=_whole(0), default=defaults.seed,
+    parser.add_argument("--seed", type=non_negative_int, default=defaults.seed,
                         help="seed of the student's initial weights and of every crop (default: %(default)s)")
     parser.set_defaults(func=run)
 
