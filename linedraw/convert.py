@@ -1,13 +1,14 @@
 """Converter: photos in, line drawings out, at any size, on any device.
 
 Each photo is resized (antialiased) so its short side is `size` (0 = native resolution), padded to what the
-generator needs (H, W multiples of the model's `size_multiple`, at least 16 px), run, cropped back, resized back to the photo's
-original size (line art is wanted at the size of the photo), then post-processed (line weight, threshold,
-invert). With `thin` or `stroke_width` the strokes are instead thinned to centre lines at the processing size
-and redrawn at the output size with a pen of `stroke_width` output pixels (`linedraw.lineart`), so the pen does
-not change with `size`; `to_svg` writes the same centre lines as SVG paths (`linedraw.vector`). Photos over `max_pixels` at the processing size are run in overlapping tiles blended with a
-raised-cosine window; instance-norm statistics are computed over the whole image first, tile by tile, so a
-tiled result matches the untiled one away from the tile borders instead of changing tone from tile to tile.
+generator needs (H, W multiples of the model's `size_multiple`, at least 16 px), run, cropped back, resized back to
+the photo's original size (line art is wanted at the size of the photo), then post-processed (line weight,
+threshold, invert). With `thin` or `stroke_width` the strokes are instead thinned to centre lines at the processing
+size and redrawn at the output size with a pen of `stroke_width` output pixels (`linedraw.lineart`), so the pen does
+not change with `size`; `to_svg` writes the same centre lines as SVG paths (`linedraw.vector`). Photos over
+`max_pixels` at the processing size are run in overlapping tiles blended with a raised-cosine window; instance-norm
+statistics are computed over the whole image first, tile by tile, so a tiled result matches the untiled one away
+from the tile borders instead of changing tone from tile to tile.
 
 Work per photo is bounded before any is done: a photo whose processing size would exceed
 `refuse_above_pixels`, or one more elongated than `MAX_ASPECT`:1 when resized to `size` (a 3x3000 strip would
@@ -59,8 +60,9 @@ class PhotoSizeError(LinedrawError, ValueError):
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """The torch device `device` names, checked to exist here; "auto" picks CUDA, then Apple MPS, then CPU.
 
-    Under `accelerate launch` / torchrun, "auto" is this process's local GPU (LOCAL_RANK). Raises `UsageError` naming the device for names torch does not know and for CUDA/MPS devices this
-    machine lacks (so `cuda:5` fails at once, not at the first forward pass).
+    Under `accelerate launch` / torchrun, "auto" is this process's local GPU (LOCAL_RANK). Raises `UsageError`
+    naming the device for names torch does not know and for CUDA/MPS devices this machine lacks (so `cuda:5` fails
+    at once, not at the first forward pass).
     """
     if str(device) == "auto":
         if torch.cuda.is_available():

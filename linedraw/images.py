@@ -314,9 +314,9 @@ def _umask() -> int:
 def list_images(inputs: Iterable[PathLike], extensions: Iterable[str] = IMAGE_EXTENSIONS) -> list[tuple[Path, Path]]:
     """Expand files, directories (recursively) and glob patterns into `(path, relative_path)` pairs.
 
-    `relative_path` is where the file sits below the directory (or the glob's fixed prefix) it was found in,
-    so outputs can mirror the input tree. Walks skip hidden files and folders and keep only `extensions`
-    (lower case, default `IMAGE_EXTENSIONS`); files named explicitly, and inputs that do not exist, are passed through so that
+    `relative_path` is where the file sits below the directory (or the glob's fixed prefix) it was found in, so
+    outputs can mirror the input tree. Walks skip hidden files and folders and keep only `extensions` (lower case,
+    default `IMAGE_EXTENSIONS`); files named explicitly, and inputs that do not exist, are passed through so that
     opening them reports the problem. Duplicates are dropped; order is stable (sorted per input).
     """
     found: list[tuple[Path, Path]] = []

@@ -71,11 +71,11 @@ def convert_video(
 ) -> VideoSummary:
     """Convert every frame of the video `src` into a drawing and write them as the video `dst`.
 
-    `converter_fn` takes a list of (3, H, W) float RGB frames in [0, 1] and returns (1, h, w) drawings in
-    [0, 1]; `temporal` in [0, 1) smooths them over time (0 = off, see the module docstring); `finish(drawing,
-    (H, W))`, if given, turns each smoothed drawing into the frame of the video's size H x W to write (a PIL
-    image, an (H, W) array in [0, 1] or uint8, or a tensor), e.g. `Converter.finish` after
-    `Converter.convert_tensors(frames, raw=True)`; without it the drawings must already be H x W. Raises `VideoError` naming a file FFmpeg cannot use.
+    `converter_fn` takes a list of (3, H, W) float RGB frames in [0, 1] and returns (1, h, w) drawings in [0, 1];
+    `temporal` in [0, 1) smooths them over time (0 = off, see the module docstring); `finish(drawing, (H, W))`, if
+    given, turns each smoothed drawing into the frame of the video's size H x W to write (a PIL image, an (H, W)
+    array in [0, 1] or uint8, or a tensor), e.g. `Converter.finish` after `Converter.convert_tensors(frames,
+    raw=True)`; without it the drawings must already be H x W. Raises `VideoError` naming a file FFmpeg cannot use.
     """
     if not (isinstance(temporal, (int, float)) and 0.0 <= temporal < 1.0):
         raise UsageError(f"temporal must be in [0, 1) (0 = no smoothing), got {temporal!r}")

@@ -63,6 +63,7 @@ def test_json_without_a_file_prints_json_on_stdout(tmp_path, capsys):
     assert main(["eval", "agreement", str(tmp_path / "a"), str(tmp_path / "b"), "--json"]) == 0
     payload = json.loads(capsys.readouterr().out)
     assert payload["count"] == 1
-    assert main(["eval", "agreement", str(tmp_path / "a"), str(tmp_path / "b"), "--json", str(tmp_path / "r.json")]) == 0
+    report = str(tmp_path / "r.json")
+    assert main(["eval", "agreement", str(tmp_path / "a"), str(tmp_path / "b"), "--json", report]) == 0
     assert "1 drawings" in capsys.readouterr().out
     assert json.loads((tmp_path / "r.json").read_text())["count"] == 1

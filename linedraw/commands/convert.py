@@ -151,7 +151,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         summary = convert_files(
             converter, tasks, format=args.format, workers=args.workers, skip_existing=args.skip_existing,
-            shard=(rank, world), errors=errors_path, explain=explain, progress=show_progress and not args.quiet, temporal=args.temporal,
+            shard=(rank, world), errors=errors_path, explain=explain, progress=show_progress and not args.quiet,
+            temporal=args.temporal,
             on_error=lambda task, reason: tqdm.write(f"{prefix}failed: {display_path(task.source)}: {reason}",
                                                      file=sys.stderr),
             on_warning=lambda line: tqdm.write(f"{prefix}warning: {line}", file=sys.stderr),

@@ -21,7 +21,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="a method's drawings, named by the photos' relative paths or stems (repeat; >= 2)")
     add_output(export, "output folder", metavar="STUDY", old_out=True)
     export.add_argument("--n", type=int, default=50, help="number of photos (default: 50)")
-    export.add_argument("--seed", type=int, default=0, help="seed of the photo choice and left/right order (default: 0)")
+    export.add_argument("--seed", type=int, default=0,
+                        help="seed of the photo choice and left/right order (default: 0)")
     export.add_argument("--question", default=None, help="the question asked (default: the seed paper's)")
     export.add_argument("--attention", type=int, default=4, help="attention-check trials (default: 4)")
     export.add_argument("--tag", default="", help="dataset tag stored with every trial (analyzed separately)")

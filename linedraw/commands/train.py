@@ -10,8 +10,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "train", help="train a photo-to-drawing generator from a YAML config (the paper's method)",
         description="Train (or resume) a generator with the losses the config enables: GAN, cycle, semantic "
                     "(CLIP or an offline stand-in), geometry and segmentation. CONFIG is a shipped config's name "
-                    "(smoke, contour-offline, paper) or a YAML file. Rerunning the same command resumes from "
-                    "OUTPUT_DIR/checkpoints/latest; Ctrl-C or SIGTERM saves first. Several GPUs: "
+                    "(smoke, contour-cpu, contour-offline, paper) or a YAML file. Rerunning the same command "
+                    "resumes from OUTPUT_DIR/checkpoints/latest; Ctrl-C or SIGTERM saves first. Several GPUs: "
                     "`accelerate launch -m linedraw train CONFIG`. `linedraw convert --checkpoint OUTPUT_DIR` "
                     "uses the result.")
     parser.add_argument("config", metavar="CONFIG", help="shipped config name or YAML file")
