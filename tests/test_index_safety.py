@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -93,7 +94,11 @@ def test_merge_refuses_a_folder_that_is_not_an_index(data, tmp_path, capsys):
 # ----------------------------------------------------------------------------------------------- 2: one writer
 
 
-def _add(index: Path, photo: Path, wait: str) -> None:
+def _add(index: Path, photo: Path, wait: str, swap: str = "exchange") -> None:
+    if swap == "two renames":  # where the kernel cannot exchange two folders atomically
+        from linedraw.retrieval import index as index_module
+
+        index_module._exchange = lambda first, second: False
     sys.exit(main(["index", "add", str(index), str(photo), "--wait", wait, *ADD]))
 
 
@@ -104,27 +109,30 @@ def _hold_lock(index: Path, ready) -> None:
 
 
 @pytest.mark.parametrize("swap", ["exchange", "two renames"])
-def test_concurrent_adds_all_land_and_readers_keep_reading(data, tmp_path, monkeypatch, swap):
-    if swap == "two renames":  # where the kernel cannot exchange two folders atomically
-        from linedraw.retrieval import index as index_module
-
-        monkeypatch.setattr(index_module, "_exchange", lambda first, second: False)
+def test_concurrent_adds_all_land_and_readers_keep_reading(data, tmp_path, swap):
     index = tmp_path / "index"
     assert _build(data, index, gallery=str(data / "gallery" / "cat")) == 0
     photos = [tmp_path / "new" / f"p{i}.jpg" for i in range(6)]
     for i, photo in enumerate(photos):
         _photo(photo, "dog", seed=100 + i)
-    fork = multiprocessing.get_context("fork")
-    workers = [fork.Process(target=_add, args=(index, photo, "120")) for photo in photos]
+    # Spawned, not forked: a fork of a process whose torch thread pool is running deadlocks at the child's first
+    # forward pass. The six writers take turns; the wait only bounds a hung test, generous for a loaded machine.
+    spawn = multiprocessing.get_context("spawn")
+    workers = [spawn.Process(target=_add, args=(index, photo, "900", swap), daemon=True) for photo in photos]
     for worker in workers:
         worker.start()
     opened = 0
-    while any(w.is_alive() for w in workers):  # readers take no lock and always see one complete index
-        with GalleryIndex.open(index) as reader:
-            assert 3 <= reader.count <= 9 and reader.manifest["count"] == reader.count
-            opened += 1
-    for worker in workers:
-        worker.join()
+    try:
+        while any(w.is_alive() for w in workers):  # readers take no lock and always see one complete index
+            with GalleryIndex.open(index) as reader:
+                assert 3 <= reader.count <= 9 and reader.manifest["count"] == reader.count
+                opened += 1
+            time.sleep(0.002)  # keep reading throughout, without starving the writers of the two cores
+    finally:
+        for worker in workers:
+            worker.join(timeout=None if worker.exitcode is not None else 0)
+            if worker.is_alive():
+                worker.kill()
     assert [w.exitcode for w in workers] == [0] * 6
     with GalleryIndex.open(index) as final:
         assert final.count == 9
