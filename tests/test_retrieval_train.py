@@ -369,6 +369,29 @@ class _Payload:
         return (open, (self.marker, "w"))
 
 
+def test_a_stop_signal_saves_the_step_it_reached_and_the_rerun_matches(shapes, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    settings = dict(steps=20, views=1, classes=["square", "triangle"], classes_per_batch=2, save_every=100)
+    full, _ = te.train_embedder(_config(shapes, tmp_path / "full", **settings), quiet=True)
+    real = te._step_generator
+
+    def signal_at_12(seed, step, stream=0):
+        if step == 12 and stream == 0:
+            os.kill(os.getpid(), signal.SIGTERM)  # as `kill` or a scheduler would send it
+        return real(seed, step, stream)
+
+    monkeypatch.setattr(te, "_step_generator", signal_at_12)
+    with pytest.raises(KeyboardInterrupt, match="after step 13"):
+        te.train_embedder(_config(shapes, tmp_path / "cut", **settings), quiet=True)
+    assert torch.load(tmp_path / "cut" / te.RESUME_FILE, weights_only=True)["step"] == 13
+    monkeypatch.setattr(te, "_step_generator", real)
+    resumed, _ = te.train_embedder(_config(shapes, tmp_path / "cut", **settings), quiet=True)
+    for (name, a), b in zip(full.head.state_dict().items(), resumed.head.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), name
+
+
 def test_a_planted_resume_file_is_refused_naming_it(shapes, tmp_path):
     from linedraw.errors import LinedrawError
 

@@ -28,6 +28,7 @@ from linedraw.retrieval.losses import retrieval_loss
 from linedraw.retrieval.names import photo_id_of_sketch
 from linedraw.retrieval.trained import TrainedEmbedder, build_trained_embedder, save_trained_embedder
 from linedraw.training.schedules import schedule, warmup_cosine
+from linedraw.training.signals import StopOnSignal
 from linedraw.training.state import RunStateError, load_torch
 
 RESUME_FILE = "resume.pt"
@@ -323,10 +324,8 @@ def train_embedder(config: EmbedderTrainConfig, quiet: bool = False) -> tuple[Tr
             x = augment(x, generator, lines)
         return core.base_features(x.to(device))
 
-    model.train()
-    loss_value, parts = float("nan"), {}
-    bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc="training", disable=quiet)
-    for step in bar:
+    def _train_step(step: int) -> tuple[float, dict]:
+        """One optimizer step of the embedder; returns the loss and its parts."""
         generator = _step_generator(config.seed, step)
         s_idx, g_idx = sampler.sample(generator)
         q = core.project(features(sketches, sketch_bank if banked else None, s_idx, True, generator))
@@ -341,11 +340,27 @@ def train_embedder(config: EmbedderTrainConfig, quiet: bool = False) -> tuple[Tr
         accelerator.backward(loss)
         optimizer.step()
         scheduler.step()
-        loss_value = float(loss.detach())
-        bar.set_postfix(loss=f"{loss_value:.3f}")
-        done = step + 1
-        if done % config.save_every == 0 and done < config.steps and accelerator.is_main_process:
-            _save_resume(resume_path, core, optimizer, scheduler, done, config)
+        value = float(loss.detach())
+        bar.set_postfix(loss=f"{value:.3f}")
+        return value, parts
+
+    model.train()
+    loss_value, parts = float("nan"), {}
+    bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc="training", disable=quiet)
+    with StopOnSignal() as stop:
+        for step in bar:
+            loss_value, parts = _train_step(step)
+            done = step + 1
+            if stop.requested:  # SIGINT/SIGTERM: save where we are, then stop like Ctrl-C
+                if accelerator.is_main_process:
+                    _save_resume(resume_path, core, optimizer, scheduler, done, config)
+                bar.close()
+                raise KeyboardInterrupt(f"stopped by signal {stop.signum} after step {done}; rerun to resume")
+            if done % config.save_every == 0 and done < config.steps and accelerator.is_main_process:
+                _save_resume(resume_path, core, optimizer, scheduler, done, config)
+    bar.close()
+
+    model.eval()
     bar.close()
 
     model.eval()
