@@ -241,6 +241,7 @@ def convert_files(
     explain: Callable[[Exception], str] = failure_reason,
     progress: bool = False,
     temporal: float = 0.0,
+    clean_stale: bool = True,
 ) -> Summary:
     """Convert every task's photo with `converter` (a `linedraw.Converter`) and save it to the task's target.
 
@@ -251,12 +252,12 @@ def convert_files(
     read errors (the CLI names its own flags). `workers` decode and as many save (None: `default_workers`,
     0: in this thread). Videos are converted after the photos, frame by frame in batches, their network output
     smoothed over time by `temporal` (`linedraw.video`). Ctrl-C raises `ConversionInterrupted` once the
-    drawings already made are saved.
+    drawings already made are saved. `clean_stale=False` leaves the removal of temp files killed runs left in
+    the output folders to the caller (an engine that calls this per batch does it once, up front).
     """
     from tqdm import tqdm
 
-    from linedraw.images import (check_writable, display_path, open_image, remove_stale_temp_files, save_image,
-                                 write_text_atomic)
+    from linedraw.images import check_writable, display_path, open_image, save_image, write_text_atomic
     from linedraw.video import is_video
 
     if format not in FORMATS:
@@ -298,10 +299,8 @@ def convert_files(
             summary.skipped += 1
         else:
             (videos if is_video(task.source) else todo).append(task)
-    for folder in sorted({task.target.parent for task in todo + videos}):
-        for stale in remove_stale_temp_files(folder):
-            if on_warning is not None:
-                on_warning(f"removed {display_path(stale)}, a temp file left by an interrupted run")
+    if clean_stale:
+        remove_stale_outputs(todo + videos, on_warning)
 
     bar = tqdm(total=len(todo), unit="img", disable=None if progress else True, dynamic_ncols=True)
     failed_before = summary.failed
@@ -364,6 +363,16 @@ def convert_files(
     if interrupted:
         raise ConversionInterrupted(summary)
     return summary
+
+
+def remove_stale_outputs(tasks: Iterable[Task], on_warning: Callable[[str], object] | None = None) -> None:
+    """Remove the temp files interrupted runs left in the tasks' output folders, telling `on_warning` of each."""
+    from linedraw.images import display_path, remove_stale_temp_files
+
+    for folder in sorted({task.target.parent for task in tasks}):
+        for stale in remove_stale_temp_files(folder):
+            if on_warning is not None:
+                on_warning(f"removed {display_path(stale)}, a temp file left by an interrupted run")
 
 
 def write_errors_csv(path: PathLike, failures: Iterable[tuple[str, str]]) -> None:

@@ -16,7 +16,7 @@ import shutil
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import faiss
 import numpy as np
@@ -173,13 +173,20 @@ def _save_npy(path: str, array: np.ndarray) -> None:
         np.save(handle, array)
 
 
+#: `embed_chunks(encoder, chunks)`: embeds `(number, photos)` chunks elsewhere (e.g. on Ray actors) and yields
+#: `(number, vectors, meta)` per chunk, in any order, as `embed_chunk` makes them.
+ChunkEmbedder = Callable[[PhotoEncoder, list[tuple[int, list[Path]]]], Iterable[tuple[int, np.ndarray, dict]]]
+
+
 def embed_photos(photos: Sequence[Path], work: Path, encoder: PhotoEncoder, settings: dict,
-                 chunk_size: int = 256, progress: bool = True) -> tuple[list[Path], list[str], int]:
+                 chunk_size: int = 256, progress: bool = True, *,
+                 embed_chunks: ChunkEmbedder | None = None) -> tuple[list[Path], list[str], int]:
     """Embed `photos` into chunk files under `work`, skipping chunks a previous run finished.
 
     Returns (chunk vector files in order, failure messages, photos without objects). `settings` identify
     the run: a work area left by different settings or photos is cleared first (a folder of that name that
-    linedraw did not make is refused, never cleared).
+    linedraw did not make is refused, never cleared). `embed_chunks` embeds the missing chunks elsewhere
+    (see `ChunkEmbedder`); their files are written here all the same, so publishing does not change.
     """
     _positive("chunk_size", chunk_size)
     identity = json.dumps({"settings": settings, "photos": [str(p) for p in photos]}, sort_keys=True)
@@ -201,22 +208,44 @@ def embed_photos(photos: Sequence[Path], work: Path, encoder: PhotoEncoder, sett
                    file=sys.stderr)
     bar = tqdm(total=len(photos), unit="photo", desc="embedding", disable=not progress,
                initial=min(len(photos), done * chunk_size))
+    missing = [(start // chunk_size, list(photos[start:start + chunk_size])) for start in starts
+               if not (work / f"chunk-{start // chunk_size:06d}.json").is_file()]
+    if embed_chunks is None:
+        for number, batch in missing:
+            vectors, items, errors, empty = _embed_chunk(batch, encoder, bar)
+            _write_chunk(work, number, vectors, _chunk_meta(items, errors, empty))
+    else:
+        sizes = dict((number, len(batch)) for number, batch in missing)
+        for number, vectors, meta in embed_chunks(encoder, missing):
+            _write_chunk(work, number, vectors, meta)
+            bar.update(sizes[number])
     chunks, failures, no_objects = [], [], 0
     for start in starts:
         name = f"chunk-{start // chunk_size:06d}"
         meta_file, vector_file = work / f"{name}.json", work / f"{name}.npy"
-        if not meta_file.is_file():
-            batch = photos[start:start + chunk_size]
-            vectors, items, errors, empty = _embed_chunk(batch, encoder, bar)
-            write_atomic_path(vector_file, lambda tmp: _save_npy(tmp, vectors))
-            meta = {"items": [asdict(i) for i in items], "failures": errors, "no_objects": empty}
-            write_atomic_path(meta_file, lambda tmp: Path(tmp).write_text(json.dumps(meta)))
         meta = json.loads(meta_file.read_text())
         failures += meta["failures"]
         no_objects += meta["no_objects"]
         chunks.append(vector_file)
     bar.close()
     return chunks, failures, no_objects
+
+
+def _chunk_meta(items: Sequence[Item], errors: list[str], empty: int) -> dict:
+    return {"items": [asdict(i) for i in items], "failures": errors, "no_objects": empty}
+
+
+def _write_chunk(work: Path, number: int, vectors: np.ndarray, meta: dict) -> None:
+    """A finished chunk's files, vectors first: the .json marks the chunk done."""
+    name = f"chunk-{number:06d}"
+    write_atomic_path(work / f"{name}.npy", lambda tmp: _save_npy(tmp, vectors))
+    write_atomic_path(work / f"{name}.json", lambda tmp: Path(tmp).write_text(json.dumps(meta)))
+
+
+def embed_chunk(photos: Sequence[Path], encoder: PhotoEncoder) -> tuple[np.ndarray, dict]:
+    """One work chunk's (vectors, meta), as `embed_photos` saves them: for engines that embed chunks elsewhere."""
+    vectors, items, errors, empty = _embed_chunk(photos, encoder, tqdm(disable=True))
+    return vectors, _chunk_meta(items, errors, empty)
 
 
 def _embed_chunk(photos: Sequence[Path], encoder: PhotoEncoder, bar: tqdm):
@@ -305,13 +334,13 @@ def build_index(gallery: Iterable[str], output: str | os.PathLike, encoding: Enc
                 memory: int = 8 << 30, on_disk: bool | None = None, like: str | None = None,
                 shard: tuple[int, int] = (0, 1), device: str = "cpu", batch_size: int = 16,
                 chunk_size: int = 256, progress: bool = True, encoder: PhotoEncoder | None = None,
-                wait: float = 0.0) -> Report:
+                wait: float = 0.0, embed_chunks: ChunkEmbedder | None = None) -> Report:
     """Build a new index at `output` from the photos under `gallery`, replacing an index there (but refusing
     any other existing folder, or one inside the photo folders; see `check_output`).
 
     `like` reuses another index's encoding and trained IVF-PQ quantizer (needed for shards that will be
     merged); `shard=(i, n)` takes every n-th photo from the i-th and numbers items from `i << 40`. Waits up to
-    `wait` seconds for another writer of `output`.
+    `wait` seconds for another writer of `output`. `embed_chunks` embeds elsewhere (see `embed_photos`).
     """
     output, gallery = Path(output), list(gallery)
     _positive("batch_size", batch_size)
@@ -326,7 +355,8 @@ def build_index(gallery: Iterable[str], output: str | os.PathLike, encoding: Enc
         encoder = encoder or PhotoEncoder(encoding, device, batch_size)
         work = _work_dir(output)
         settings = {"encoding": asdict(encoding), "shard": list(shard)}
-        chunks, failures, no_objects = embed_photos(photos, work, encoder, settings, chunk_size, progress)
+        chunks, failures, no_objects = embed_photos(photos, work, encoder, settings, chunk_size, progress,
+                                                     embed_chunks=embed_chunks)
         total = sum(len(np.load(c, mmap_mode="r")) for c in chunks)
         dim = encoder.embedder.dim
         if template is not None:
