@@ -15,7 +15,7 @@ LAYERS = [
     {"checkpoint", "export", "convert", "__init__"},
     {"pipeline"},
     {"teachers", "losses", "config", "data"},
-    {"training", "distill", "eval", "retrieval", "serve"},
+    {"training", "distill", "eval", "retrieval", "serve", "engines"},
     {"commands", "cli", "__main__"},
 ]
 
