@@ -10,11 +10,12 @@ share of the (sorted) file list, so each output is written exactly once.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 from pathlib import Path
 
-from linedraw.commands.options import WarnOnDeprecated, add_device, add_output, add_quiet
+from linedraw.commands.options import WarnOnDeprecated, add_device, add_engine, add_output, add_quiet
 from linedraw.pipeline import FORMATS
 
 OUTPUT_NAMES = """\
@@ -99,6 +100,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="videos: smooth the drawing over frames, T in [0, 1) (0 = off, the default; 0.5 "
                              "already removes most flicker)")
     parser.add_argument("--errors", metavar="FILE", help="also write the failures as CSV (path,reason)")
+    add_engine(parser)
     add_quiet(parser)
     parser.set_defaults(func=run)
 
@@ -108,8 +110,7 @@ def run(args: argparse.Namespace) -> int:
     130 when interrupted (after printing the summary so far)."""
     from tqdm import tqdm
 
-    from linedraw.checkpoint import load_generator
-    from linedraw.convert import Converter, resolve_device
+    from linedraw.convert import resolve_device
     from linedraw.errors import UsageError
     from linedraw.images import DEFAULT_MAX_PIXELS, ImageTooLargeError, check_writable, display_path
     from linedraw.pipeline import ConversionInterrupted, convert_files, failure_reason, plan_outputs
@@ -120,7 +121,13 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--format svg cannot be combined with {'--invert' if args.invert else '--line-weight'}: "
                          "SVG strokes are black paths (use --stroke-width for the pen)")
     rank, world, show_progress = _process_share()
-    device = resolve_device(args.device)
+    if args.engine == "ray" and world > 1:
+        raise UsageError("--engine ray starts its own workers: run it once, not under accelerate launch")
+    if args.engine == "ray":
+        from linedraw.engines.ray import require_ray
+
+        require_ray()  # before any planning: a missing extra is one line
+    device = resolve_device(args.device) if args.engine == "local" else None
     errors_path = _errors_path(args.errors, rank if world > 1 else None) if args.errors else None
     if errors_path is not None:
         check_writable(errors_path)  # before loading anything: a typo in --errors must not cost a whole run
@@ -129,18 +136,21 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"no images found in {', '.join(args.inputs)}")
     prefix = f"[rank {rank}] " if world > 1 else ""
 
-    if args.batch_size is None:  # on the CPU, batching only steals cores from torch's intra-op threads
-        args.batch_size = 1 if device.type == "cpu" else 4
-    model, config = load_generator(args.checkpoint)
     options = {"size": args.size, "max_pixels": args.tile_above_pixels, "tile_overlap": args.tile_overlap}
-    converter = Converter(
-        model, config, device=device, half=args.half, batch_size=args.batch_size, invert=args.invert,
-        threshold=args.threshold, line_weight=args.line_weight, output_size=args.output_size,
+    settings = dict(
+        batch_size=args.batch_size, half=args.half, invert=args.invert, threshold=args.threshold,
+        line_weight=args.line_weight, output_size=args.output_size,
         refuse_above_pixels=DEFAULT_MAX_PIXELS if args.refuse_above_pixels is None else args.refuse_above_pixels,
         channels_last={"auto": None, "on": True, "off": False}[args.channels_last], backend=args.backend,
         thin=args.thin, min_stroke=args.min_stroke, stroke_width=args.stroke_width, svg_tolerance=args.svg_tolerance,
         **{k: v for k, v in options.items() if v is not None},
     )
+    checkpoint = args.checkpoint
+    if args.engine == "ray":
+        from linedraw.engines.ray import portable_checkpoint
+
+        checkpoint = portable_checkpoint(checkpoint)
+    make_converter = functools.partial(_make_converter, checkpoint, settings)
 
     def explain(error: Exception) -> str:
         if isinstance(error, ImageTooLargeError):
@@ -148,15 +158,27 @@ def run(args: argparse.Namespace) -> int:
                     "raise --refuse-above-pixels for trusted files)")
         return failure_reason(error)
 
+    def on_error(task, reason: str) -> None:
+        tqdm.write(f"{prefix}failed: {display_path(task.source)}: {reason}", file=sys.stderr)
+
+    def on_warning(line: str) -> None:
+        tqdm.write(f"{prefix}warning: {line}", file=sys.stderr)
+
     try:
-        summary = convert_files(
-            converter, tasks, format=args.format, workers=args.workers, skip_existing=args.skip_existing,
-            shard=(rank, world), errors=errors_path, explain=explain, progress=show_progress and not args.quiet,
-            temporal=args.temporal,
-            on_error=lambda task, reason: tqdm.write(f"{prefix}failed: {display_path(task.source)}: {reason}",
-                                                     file=sys.stderr),
-            on_warning=lambda line: tqdm.write(f"{prefix}warning: {line}", file=sys.stderr),
-        )
+        if args.engine == "ray":
+            from linedraw.engines.ray import convert_files_ray
+
+            summary = convert_files_ray(make_converter, tasks, device=args.device, format=args.format,
+                                        skip_existing=args.skip_existing, errors=errors_path, explain=explain,
+                                        temporal=args.temporal, progress=show_progress and not args.quiet,
+                                        on_error=on_error, on_warning=on_warning)
+        else:
+            summary = convert_files(
+                make_converter(device), tasks, format=args.format, workers=args.workers,
+                skip_existing=args.skip_existing, shard=(rank, world), errors=errors_path, explain=explain,
+                progress=show_progress and not args.quiet, temporal=args.temporal, on_error=on_error,
+                on_warning=on_warning,
+            )
     except ConversionInterrupted as stop:
         _print_summary(stop.summary, prefix)
         print(f"{prefix}interrupted: {stop.summary.left} photo(s) not converted (rerun with --skip-existing to "
@@ -164,6 +186,17 @@ def run(args: argparse.Namespace) -> int:
         return 130
     _print_summary(summary, prefix)
     return 0 if not summary.failures else 1
+
+
+def _make_converter(checkpoint: str, settings: dict, device):
+    """The Converter `run` converts with, on `device`; module-level so the ray engine's workers can build it."""
+    from linedraw.checkpoint import load_generator
+    from linedraw.convert import Converter
+
+    if settings["batch_size"] is None:  # on the CPU, batching only steals cores from torch's intra-op threads
+        settings = {**settings, "batch_size": 1 if device.type == "cpu" else 4}
+    model, config = load_generator(checkpoint)
+    return Converter(model, config, device=device, **settings)
 
 
 def _print_summary(summary, prefix: str) -> None:

@@ -6,7 +6,7 @@ import json
 import os
 import sys
 
-from linedraw.commands.options import add_device, add_json, add_output, add_quiet
+from linedraw.commands.options import add_device, add_engine, add_json, add_output, add_quiet
 
 BUILD_EPILOG = """\
 index kinds (Faiss guidelines): flat = exact inner product (auto up to 50,000 items); hnsw = HNSW32 graph,
@@ -120,6 +120,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--shard", help="I/N: index every N-th photo from the I-th (default under accelerate "
                                        "launch: this process's rank / world size)")
     add_runtime_args(build)
+    add_engine(build)
     add_wait_arg(build)
     build.set_defaults(func=run_build)
 
@@ -200,10 +201,14 @@ def run_build(args: argparse.Namespace) -> int:
         memory = parse_size(args.memory)
     except UsageError as exc:
         raise UsageError(f"--{exc}") from None
-    report = build_index(args.gallery, output, encoding, kind=args.kind, memory=memory, on_disk=args.on_disk,
-                         like=args.like, shard=shard, device=resolve_device(args.device),
-                         batch_size=args.batch_size, chunk_size=args.chunk_size, progress=not args.quiet,
-                         wait=args.wait)
+    common = dict(kind=args.kind, memory=memory, on_disk=args.on_disk, like=args.like, shard=shard,
+                  batch_size=args.batch_size, chunk_size=args.chunk_size, progress=not args.quiet, wait=args.wait)
+    if args.engine == "ray":
+        from linedraw.engines.ray import build_index_ray
+
+        report = build_index_ray(args.gallery, output, encoding, device=args.device, **common)
+    else:
+        report = build_index(args.gallery, output, encoding, device=resolve_device(args.device), **common)
     return _print_report(report, f"indexed in {output}")
 
 

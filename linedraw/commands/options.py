@@ -6,6 +6,7 @@
 - `--device auto|cpu|cuda|cuda:N|mps`, default auto (CUDA, then Apple MPS, then CPU), resolved by the one
   resolver, `linedraw.convert.resolve_device`.
 - `-q/--quiet`: no progress bars (`--no-progress` still works for one release).
+- `--engine local|ray`: run in this process, or as a Ray Data pipeline (`linedraw.engines.ray`).
 """
 from __future__ import annotations
 
@@ -52,6 +53,14 @@ def add_json(parser: argparse.ArgumentParser, what: str = "the results") -> None
 def add_device(parser: argparse.ArgumentParser) -> None:
     """`--device`, default auto."""
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+
+
+def add_engine(parser: argparse.ArgumentParser) -> None:
+    """`--engine local|ray`: where the work runs (see `linedraw.engines.ray`)."""
+    parser.add_argument("--engine", choices=("local", "ray"), default="local",
+                        help="local: this process (default); ray: a Ray Data pipeline on the cluster RAY_ADDRESS "
+                             "names (else a local Ray instance), a model per worker, failed tasks retried; needs "
+                             "pip install 'linedraw[ray]'")
 
 
 def add_quiet(parser: argparse.ArgumentParser) -> None:
