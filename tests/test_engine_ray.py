@@ -121,3 +121,33 @@ def test_without_ray_the_engine_is_one_error_line(tmp_path, photos, checkpoint, 
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: the ray engine needs Ray Data: pip install 'linedraw[ray]'"]
     assert not (tmp_path / "out").exists()
+
+
+def test_a_batch_whose_worker_dies_is_retried_on_a_restarted_worker(tmp_path, photos, checkpoint, local_ray):
+    from linedraw.engines.ray import convert_files_ray
+    from linedraw.pipeline import plan_outputs
+
+    died = tmp_path / "died"
+
+    def make_converter(device):
+        """The tiny converter, whose first forward pass anywhere kills its worker process."""
+        import os
+
+        import linedraw
+
+        converter = linedraw.load(str(checkpoint), device=device, size=32)
+        convert = converter.convert
+
+        def convert_or_die(images):
+            if not died.exists():
+                died.write_text("")
+                os._exit(1)
+            return convert(images)
+
+        converter.convert = convert_or_die
+        return converter
+
+    summary = convert_files_ray(make_converter, plan_outputs([photos], tmp_path / "out"), device="cpu")
+    assert died.exists()
+    assert (summary.converted, summary.failed) == (6, 0)
+    assert len(list((tmp_path / "out").rglob("*.png"))) == 6
