@@ -12,10 +12,13 @@ outputs must be reachable under the same paths from every node (a shared file sy
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import io
 import json
+import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
@@ -32,7 +35,7 @@ if TYPE_CHECKING:
 #: Photos per Ray task: large enough to keep an actor's batches full, small enough that a retried task redoes
 #: little.
 TASK_SIZE = 32
-#: Restarts of a dead actor, and retries of the task it was running, before the run fails.
+#: Restarts of a dead actor, and retries of the task it was running, before the run fails (where Ray takes them).
 MAX_RETRIES = 3
 
 
@@ -50,7 +53,7 @@ def connect(address: str | None = None):
     """Join the cluster at `address` (None: `RAY_ADDRESS`, else a new local instance) unless already connected."""
     ray = require_ray()
     if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=True)
+        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
     return ray
 
 
@@ -84,15 +87,18 @@ def _map(dataset, actor: type, args: tuple, actors: int, gpus: float, batch_size
     import ray.data
 
     ray.data.DataContext.get_current().enable_progress_bars = progress
-
-    class Bound(actor):  # the arguments travel with the class, so a restarted actor never lacks them
-        def __init__(self) -> None:
-            super().__init__(*args)
-
-    Bound.__name__ = Bound.__qualname__ = actor.__name__.lstrip("_")
-    return dataset.map_batches(Bound, batch_size=batch_size, batch_format="numpy",
-                               compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=1, num_gpus=gpus,
-                               max_restarts=MAX_RETRIES, max_task_retries=MAX_RETRIES)
+    if not progress:  # Ray Data logs its progress as INFO lines where stdout is not a terminal
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+    retries = {}
+    # Bounded, so a photo that kills every worker stops the run; Ray Data's own default retries forever. Ray takes
+    # these only as the **ray_remote_args it deprecates (gone from 2.64): without them, its default applies.
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(dataset.map_batches).parameters.values()):
+        retries = {"max_restarts": MAX_RETRIES, "max_task_retries": MAX_RETRIES}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated")
+        return dataset.map_batches(actor, fn_constructor_args=args, batch_size=batch_size, batch_format="numpy",
+                                   compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=1, num_gpus=gpus,
+                                   **retries)
 
 
 # -------------------------------------------------------------------------------------------------- convert
@@ -140,7 +146,8 @@ def convert_files_ray(make_converter: Callable, tasks: Sequence[Task], *, device
 
     Same skip-existing, per-photo failures (`on_error(task, reason)`, the `errors` CSV), atomic writes and
     `Summary` as the local engine; `on_warning` hears the driver's warnings (actors' go to their log, which
-    Ray forwards here); `progress` shows Ray Data's progress. Ctrl-C raises `ConversionInterrupted` with the summary so far.
+    Ray forwards here); `progress` shows Ray Data's progress. Ctrl-C raises `ConversionInterrupted` with the
+    summary so far.
     """
     import time
 
