@@ -79,7 +79,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "recommends it, e.g. contour-fast on CPU)")
     parser.add_argument("--workers", type=int, default=None, metavar="N",
                         help="threads decoding (and as many saving) images; 0 = main thread (default: 2 on a GPU; on "
-                        "the CPU, the cores torch's own threads leave free)")
+                        "the CPU, the cores torch's own threads leave free; --engine ray: per worker, none on a CPU)")
     parser.add_argument("--format", choices=sorted(FORMATS), default="png",
                         help="output format of photos (default: png; png and jpg are grey-scale, webp has no "
                         "grey-scale mode and stores three equal channels; svg: centre-line paths)")
@@ -168,10 +168,11 @@ def run(args: argparse.Namespace) -> int:
         if args.engine == "ray":
             from linedraw.engines.ray import convert_files_ray
 
-            summary = convert_files_ray(make_converter, tasks, device=args.device, format=args.format,
-                                        skip_existing=args.skip_existing, errors=errors_path, explain=explain,
-                                        temporal=args.temporal, progress=show_progress and not args.quiet,
-                                        on_error=on_error, on_warning=on_warning)
+            summary = convert_files_ray(
+                make_converter, tasks, device=args.device, workers=args.workers, format=args.format,
+                skip_existing=args.skip_existing, errors=errors_path, explain=explain, temporal=args.temporal,
+                progress=show_progress and not args.quiet, on_error=on_error, on_warning=on_warning,
+            )
         else:
             summary = convert_files(
                 make_converter(device), tasks, format=args.format, workers=args.workers,

@@ -129,20 +129,24 @@ class _Converting:
         def failed(task: Task, reason: str) -> None:
             status[where[id(task)]], reasons[where[id(task)]] = "failed", reason
 
-        convert_files(self.converter, todo, format=self.options["format"], workers=0, on_error=failed,
+        convert_files(self.converter, todo, format=self.options["format"], workers=self.options["workers"],
+                      on_error=failed,
                       on_warning=lambda line: print(f"warning: {line}", file=sys.stderr),
                       explain=self.options["explain"], temporal=self.options["temporal"], clean_stale=False)
         return {"source": list(batch["source"]), "status": status, "reason": reasons}
 
 
 def convert_files_ray(make_converter: Callable, tasks: Sequence[Task], *, device: str = "auto",
-                      actors: int | None = None, format: str = "png", skip_existing: bool = False,
-                      errors: PathLike | None = None, on_error: Callable[[Task, str], object] | None = None,
+                      actors: int | None = None, workers: int | None = None, format: str = "png",
+                      skip_existing: bool = False, errors: PathLike | None = None,
+                      on_error: Callable[[Task, str], object] | None = None,
                       on_warning: Callable[[str], object] | None = None,
                       explain: Callable[[Exception], str] = failure_reason, temporal: float = 0.0,
                       progress: bool = False, address: str | None = None) -> Summary:
     """`linedraw.pipeline.convert_files` on Ray actors: each actor builds its converter once with
-    `make_converter(device)` (a picklable callable taking a torch device) and converts batches of `tasks`.
+    `make_converter(device)` (a picklable callable taking a torch device) and converts batches of `tasks`,
+    with `workers` decoding and saving threads each (None: 2 beside a GPU, none on the CPU, whose actor has
+    one core).
 
     Same skip-existing, per-photo failures (`on_error(task, reason)`, the `errors` CSV), atomic writes and
     `Summary` as the local engine; `on_warning` hears the driver's warnings (actors' go to their log, which
@@ -157,6 +161,9 @@ def convert_files_ray(make_converter: Callable, tasks: Sequence[Task], *, device
         raise UsageError(f"format must be one of {', '.join(sorted(FORMATS))}, got {format!r}")
     if not (isinstance(temporal, (int, float)) and 0.0 <= temporal < 1.0):
         raise UsageError(f"temporal must be in [0, 1) (0 = no smoothing), got {temporal!r}")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
+        raise UsageError(f"workers must be an integer >= 0 (0 = decode and save in the worker's thread), "
+                         f"got {workers!r}")
     if errors is not None:
         check_writable(errors)
     tasks = list(tasks)
@@ -167,7 +174,10 @@ def convert_files_ray(make_converter: Callable, tasks: Sequence[Task], *, device
     ray = connect(address)
     count, gpus, actor_device = actor_plan(device, actors)
     remove_stale_outputs(tasks, on_warning)
-    options = {"format": format, "skip_existing": skip_existing, "explain": explain, "temporal": temporal}
+    if workers is None:
+        workers = 2 if gpus else 0
+    options = {"format": format, "skip_existing": skip_existing, "explain": explain, "temporal": temporal,
+               "workers": workers}
     rows = ray.data.from_items([{"source": os.path.abspath(t.source), "target": os.path.abspath(t.target)}
                                 for t in tasks])  # absolute: the actors' working folder is not ours
     results = _map(rows, _Converting, (make_converter, actor_device, options), count, gpus, TASK_SIZE, progress)
