@@ -121,6 +121,11 @@ def test_without_ray_the_engine_is_one_error_line(tmp_path, photos, checkpoint, 
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: the ray engine needs Ray Data: pip install 'linedraw[ray]'"]
     assert not (tmp_path / "out").exists()
+    code = main(["index", "build", str(photos), "-o", str(tmp_path / "gallery.idx"), "--checkpoint", str(checkpoint),
+                 "--engine", "ray", "--quiet"])
+    assert code == 2
+    assert capsys.readouterr().err.strip().splitlines() == err
+    assert not (tmp_path / "gallery.idx").exists() and not (tmp_path / "gallery.idx.work").exists()
 
 
 def test_a_batch_whose_worker_dies_is_retried_on_a_restarted_worker(tmp_path, photos, checkpoint, local_ray):
