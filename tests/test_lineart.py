@@ -8,7 +8,7 @@ from PIL import Image
 
 pytest.importorskip("skimage", reason="line-art finishing needs scikit-image (pip install 'linedraw[lineart]')")
 
-from skimage import measure, morphology  # noqa: E402
+from skimage import measure  # noqa: E402
 
 from linedraw import lineart  # noqa: E402
 from linedraw.errors import UsageError  # noqa: E402

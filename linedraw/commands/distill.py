@@ -4,22 +4,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import sys
 from pathlib import Path
 
 from linedraw.errors import UsageError
-
-
-def _positive_float(text: str) -> float:
-    """argparse type: a finite number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
 
 
 def _student_spec(text: str) -> str | dict:
@@ -50,8 +38,7 @@ def _student_spec(text: str) -> str | dict:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `linedraw distill`."""
-    from linedraw.commands.index import non_negative_int, positive_int
-    from linedraw.commands.options import add_device, add_output
+    from linedraw.commands.options import add_device, add_output, non_negative_int, positive_float, positive_int
     from linedraw.distill import DEFAULT_STUDENT, DistillConfig
 
     defaults = DistillConfig(photos=[], output_dir="")
@@ -77,7 +64,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="crops per step and process (default: %(default)s)")
     parser.add_argument("--steps", type=positive_int, default=defaults.steps,
                         help="optimizer steps in all (default: %(default)s)")
-    parser.add_argument("--lr", type=_positive_float, default=defaults.lr,
+    parser.add_argument("--lr", type=positive_float, default=defaults.lr,
                         help="peak AdamW learning rate, after the warm-up (default: %(default)s)")
     parser.add_argument("--warmup", type=non_negative_int, default=defaults.warmup,
                         help="warm-up steps before cosine decay (default: %(default)s)")

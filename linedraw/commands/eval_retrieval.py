@@ -23,8 +23,7 @@ photos indexed raw (--raw), with the same embedder.
 
 def register(eval_subparsers: argparse._SubParsersAction) -> None:
     """Add `linedraw eval retrieval`."""
-    from linedraw.commands.index import positive_int, share
-    from linedraw.commands.options import add_device, add_json, add_quiet
+    from linedraw.commands.options import add_device, add_json, add_quiet, positive_int, share
 
     parser = eval_subparsers.add_parser(
         "retrieval", help="mAP / P@K / R@K / acc@K of sketch queries against an index and the raw-photo baseline",

@@ -6,7 +6,8 @@ import json
 import os
 import sys
 
-from linedraw.commands.options import add_device, add_engine, add_json, add_output, add_quiet
+from linedraw.commands.options import (add_device, add_engine, add_json, add_output, add_quiet, positive_int,
+                                      seconds, share)
 
 BUILD_EPILOG = """\
 index kinds (Faiss guidelines): flat = exact inner product (auto up to 50,000 items); hnsw = HNSW32 graph,
@@ -22,48 +23,6 @@ an interrupted build resumes: run the same command again; finished chunks in OUT
 sharded builds: `accelerate launch -m linedraw index build ... --like TRAINED` runs one shard per process
 (OUTPUT.shardRRR-of-NNN); `linedraw index merge -o OUTPUT OUTPUT.shard*` joins them.
 """
-
-
-def positive_int(text: str) -> int:
-    """argparse type: a whole number >= 1 (batch sizes, chunk sizes, result counts)."""
-    return _whole(text, 1)
-
-
-def non_negative_int(text: str) -> int:
-    """argparse type: a whole number >= 0 (0 keeps a default)."""
-    return _whole(text, 0)
-
-
-def _whole(text: str, lowest: int) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < lowest:
-        raise argparse.ArgumentTypeError(f"must be at least {lowest}, got {value}")
-    return value
-
-
-def seconds(text: str) -> float:
-    """argparse type: a number of seconds >= 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, got {text}")
-    return value
-
-
-def share(text: str) -> float:
-    """argparse type: a share between 0 and 1."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
-    return value
 
 
 def add_wait_arg(parser: argparse.ArgumentParser) -> None:

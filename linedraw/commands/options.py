@@ -12,8 +12,46 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from typing import Any, Iterable
+
+
+def _number(text: str, kind: type, what: str, ok, rule: str):
+    """Parse `text` as `kind` and check `ok(value)`, with argparse's one-line errors."""
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"{rule}, got {text}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (batch sizes, chunk sizes, result counts)."""
+    return _number(text, int, "a whole number", lambda v: v >= 1, "must be at least 1")
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: a whole number >= 0 (0 keeps a default)."""
+    return _number(text, int, "a whole number", lambda v: v >= 0, "must be at least 0")
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    return _number(text, float, "a number", lambda v: math.isfinite(v) and v > 0, "must be a positive number")
+
+
+def seconds(text: str) -> float:
+    """argparse type: a number of seconds >= 0."""
+    return _number(text, float, "a number of seconds", lambda v: v >= 0, "must be 0 or more seconds")
+
+
+def share(text: str) -> float:
+    """argparse type: a share between 0 and 1."""
+    return _number(text, float, "a number between 0 and 1", lambda v: 0 <= v <= 1, "must be between 0 and 1")
+
 
 DEVICE_HELP = "auto | cpu | cuda | cuda:N | mps (default: auto = CUDA, then MPS, then CPU)"
 

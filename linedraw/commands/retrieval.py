@@ -56,8 +56,7 @@ def _train_config(args: argparse.Namespace, **paths):
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `linedraw retrieval {train,protocol}`."""
-    from linedraw.commands.index import share
-    from linedraw.commands.options import add_device, add_output
+    from linedraw.commands.options import add_device, add_output, share
 
     parser = subparsers.add_parser("retrieval", help="train and test a sketch-aware embedder for retrieval")
     sub = parser.add_subparsers(dest="retrieval_command", metavar="RETRIEVAL_COMMAND", required=True)

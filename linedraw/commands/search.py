@@ -12,8 +12,7 @@ import sys
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `linedraw search`."""
-    from linedraw.commands.index import non_negative_int, positive_int, share
-    from linedraw.commands.options import add_device
+    from linedraw.commands.options import add_device, non_negative_int, positive_int, share
 
     parser = subparsers.add_parser(
         "search", help="find indexed photos that match a sketch",
