@@ -299,8 +299,16 @@ def test_precompute_cli_exit_codes(tmp_path, gray_estimator, capsys):
     assert cli_main(["precompute", str(tmp_path / "good"), "-o", str(out), "--estimator", "gray",
                      "--device", "cpu"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["p0.png", "p1.png", "p2.png"]
+    capsys.readouterr()
     (tmp_path / "good" / "zz.png").write_bytes(b"")
+    assert cli_main(["precompute", str(tmp_path / "good"), "-o", str(out), "--estimator", "gray", "-q"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("zz.png") == 1 and "zz.png: empty file" in err, f"one line per bad photo: {err!r}"
+    assert "precompute gray" not in err, "--quiet: no progress bar"
     assert cli_main(["precompute", str(tmp_path / "good"), "-o", str(out), "--estimator", "gray"]) == 1
-    assert "zz.png: empty file" in capsys.readouterr().err
+    assert "precompute gray" in capsys.readouterr().err, "a progress bar without --quiet"
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["precompute", str(tmp_path / "good"), "-o", str(out), "--estimator", "gray", "--size", "0"])
+    assert exit_info.value.code == 2 and "--size: must be at least 1" in capsys.readouterr().err
     assert cli_main(["precompute", str(tmp_path / "good"), "-o", str(out), "--estimator", "midas:nope"]) == 2
     assert cli_main(["precompute", str(tmp_path / "empty*"), "-o", str(out), "--estimator", "gray"]) == 2

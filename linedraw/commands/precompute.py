@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from linedraw.commands.options import add_device, add_output
+from linedraw.commands.options import add_device, add_output, add_quiet, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -20,28 +20,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="hed[:WEIGHTS_H5] (edges, offline), midas[:MODEL_TYPE] (depth; downloads through "
                              "torch.hub; types DPT_Large (default), DPT_Hybrid, MiDaS, MiDaS_small)")
     add_device(parser)
-    parser.add_argument("--size", type=int, default=None,
+    parser.add_argument("--size", type=positive_int, default=None,
                         help="cap the longer side the estimator sees (maps are resized back to the photo's size)")
     parser.add_argument("--overwrite", action="store_true", help="recompute maps that already exist")
+    add_quiet(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Handle `linedraw precompute`; returns 1 when any photo failed, 2 on a usage error."""
     from linedraw.convert import resolve_device
-    from linedraw.errors import MissingFileError, UsageError
+    from linedraw.errors import MissingFileError
     from linedraw.images import list_images
     from linedraw.teachers.targets import build_estimator, precompute
 
-    if args.size is not None and args.size < 1:
-        raise UsageError("--size must be a positive number of pixels")
     device = resolve_device(args.device)
     photos = [path for path, _ in list_images(args.photos)]
     if not photos:
         raise MissingFileError(f"no images found in {' '.join(args.photos)}")
     estimator = build_estimator(args.estimator)
     summary = precompute(photos, args.output, estimator, size=args.size, skip_existing=not args.overwrite,
-                         device=device)
+                         device=device, progress=not args.quiet)
     print(f"{args.output}: {summary}")
     for photo, reason in summary.failed:
         print(f"failed: {photo}: {reason}", file=sys.stderr)

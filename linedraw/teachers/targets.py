@@ -8,7 +8,6 @@ A target map is one float32 channel in [0, 1] with the photo's size: depth maps 
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Protocol, runtime_checkable
@@ -287,11 +286,13 @@ class PrecomputeSummary:
 
 
 def precompute(photos: Iterable[PathLike], out_dir: PathLike, estimator: TargetEstimator, size: int | None = None,
-               skip_existing: bool = True, device: torch.device | str = "cpu") -> PrecomputeSummary:
-    """Write `estimator`'s map of each photo to `out_dir/<stem>.png` (16-bit, atomic), with a progress bar.
+               skip_existing: bool = True, device: torch.device | str = "cpu",
+               progress: bool = True) -> PrecomputeSummary:
+    """Write `estimator`'s map of each photo to `out_dir/<stem>.png` (16-bit, atomic), with a progress bar unless
+    `progress` is False.
 
     Resumable: photos whose map exists are skipped. `size` caps the longer side the estimator sees (the map is
-    resized back to the photo's size). Unreadable photos are reported (tqdm line + summary) and skipped."""
+    resized back to the photo's size). Unreadable photos are skipped and listed in the summary's `failed`."""
     from tqdm import tqdm
 
     photos = [Path(p) for p in photos]
@@ -300,8 +301,8 @@ def precompute(photos: Iterable[PathLike], out_dir: PathLike, estimator: TargetE
     out_dir.mkdir(parents=True, exist_ok=True)
     estimator = estimator.to(device)
     summary = PrecomputeSummary()
-    progress = tqdm(photos, desc=f"precompute {estimator.name}", unit="photo", dynamic_ncols=True)
-    for photo in progress:
+    for photo in tqdm(photos, desc=f"precompute {estimator.name}", unit="photo", dynamic_ncols=True,
+                      disable=not progress):
         target_path = out_dir / f"{photo.stem}.png"
         if skip_existing and target_path.exists():
             summary.skipped.append(photo)
@@ -310,7 +311,6 @@ def precompute(photos: Iterable[PathLike], out_dir: PathLike, estimator: TargetE
             image = to_tensor(open_image(photo, "RGB"))[None].to(device)
         except ImageError as err:
             summary.failed.append((photo, err.reason))
-            progress.write(f"skipped {err}", file=sys.stderr)
             continue
         with torch.inference_mode():
             target = estimator(_limit_size(image, size))
