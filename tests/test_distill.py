@@ -306,3 +306,15 @@ def test_student_by_registered_name_and_its_inference_defaults(tmp_path, photos,
                                                                   "kwargs": {"ngf": 4, "n_blocks": 1}},
                     steps=1, save_every=1), show_progress=False)
     assert load_generator(tmp_path / "paper" / "student.safetensors")[1]["inference"] == {"size": 32}
+
+
+def test_distill_cli_quiet_runs_without_progress_bars(tmp_path, photos, teacher, capsys):
+    argv = ["distill", str(photos), "-o", str(tmp_path / "o"), "--teacher", str(teacher), "--student",
+            json.dumps(STUDENT), "--sizes", "32", "--crop", "32", "--batch-size", "2", "--steps", "2", "--warmup", "0",
+            "--workers", "0", "--device", "cpu"]
+    assert main(argv + ["-q"]) == 0
+    err = capsys.readouterr().err
+    assert "distill:" not in err and "it/s" not in err and "step/s" not in err, f"--quiet showed a bar: {err!r}"
+    assert (tmp_path / "o" / "student.safetensors").is_file()
+    assert main(argv[:3] + [str(tmp_path / "o2")] + argv[4:]) == 0
+    assert "distill:" in capsys.readouterr().err, "without --quiet the run shows its progress bar"

@@ -38,7 +38,8 @@ def _student_spec(text: str) -> str | dict:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `linedraw distill`."""
-    from linedraw.commands.options import add_device, add_output, non_negative_int, positive_float, positive_int
+    from linedraw.commands.options import (add_device, add_output, add_quiet, non_negative_int, positive_float,
+                                          positive_int)
     from linedraw.distill import DEFAULT_STUDENT, DistillConfig
 
     defaults = DistillConfig(photos=[], output_dir="")
@@ -78,6 +79,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--workers", type=non_negative_int, default=defaults.workers,
                         help="data-loading processes (default: %(default)s)")
     add_device(parser)
+    add_quiet(parser)
     parser.add_argument("--seed", type=non_negative_int, default=defaults.seed,
                         help="seed of the student's initial weights and of every crop (default: %(default)s)")
     parser.set_defaults(func=run)
@@ -94,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
                            lr=args.lr, warmup=args.warmup, edge_weight=args.edge_weight, line_weight=args.line_weight,
                            save_every=args.save_every,
                            workers=args.workers, device=args.device, seed=args.seed)
-    summary = distill(config)
+    summary = distill(config, show_progress=not args.quiet)
     for line in summary["errors"]:
         print(f"failed: {line}", file=sys.stderr)
     if summary["stopped_by"] is not None:
