@@ -180,6 +180,8 @@ class Converter:
                 raise UsageError(f"{name} must be a positive number of pixels, got {value!r}")
         if stroke_width is not None and line_weight:
             raise UsageError("stroke_width and line_weight both set the pen: give one of them")
+        if thin and line_weight:
+            raise UsageError("line_weight does not apply to thinned strokes (thin): set their pen with stroke_width")
         self.thin, self.stroke_width, self.svg_tolerance = bool(thin), stroke_width, float(svg_tolerance)
         self.model = model.eval().requires_grad_(False)
         self.config = dict(config or {})
@@ -191,6 +193,8 @@ class Converter:
         self.half, self.channels_last, self.backend = half, channels_last, backend
         self._onnx = None
         self.invert, self.threshold, self.line_weight = invert, threshold, line_weight
+        if self.thin or self.stroke_width is not None:
+            self.line_thresholds()
         self._norm_order: list[nn.Module] | None = None
         self.device = torch.device("cpu")
         self.to(device)
@@ -266,6 +270,8 @@ class Converter:
             if target is None:
                 continue
             h, w = _processing_shape(height, width, target)
+            if what == "processed":  # the network sees the padded image (a 1-px strip becomes MIN_SIDE rows)
+                h, w = _padded_shape(h, w, self.size_multiple)
             if h * w > self.refuse_above_pixels:
                 option = "size" if what == "processed" else "output_size"
                 raise PhotoSizeError(
@@ -309,8 +315,8 @@ class Converter:
         out = []
         for drawing, photo in zip(self.convert_tensors(photos, raw=True), photos):
             height, width = self._output_shape(tuple(photo.shape[-2:]))
-            skeleton = thin(drawing[0].cpu().numpy(), self.threshold if self.threshold is not None else 0.5,
-                            self.min_stroke)
+            threshold, weak = self.line_thresholds()
+            skeleton = thin(drawing[0].cpu().numpy(), threshold, self.min_stroke, weak)
             out.append(to_svg(skeleton, (width, height), self.stroke_width or 1.0, self.svg_tolerance))
         return out
 
@@ -361,9 +367,10 @@ class Converter:
         if self.thin or self.stroke_width is not None:
             from linedraw.lineart import finish
 
+            threshold, weak = self.line_thresholds()
             image = finish(drawing[0].cpu().numpy(), thin=True, min_stroke=self.min_stroke,
                            stroke_width=self.stroke_width, out_size=(shape[1], shape[0]),
-                           threshold=self.threshold if self.threshold is not None else 0.5)
+                           threshold=threshold, weak_threshold=weak)
             drawing = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0)[None].to(self.device)
             return postprocess(drawing[None], self.invert)[0]
         if self.min_stroke:
@@ -374,7 +381,18 @@ class Converter:
         if drawing.shape[-2:] != shape:
             drawing = _resize(drawing, shape)
         drawing = postprocess(drawing[None], self.invert, self.threshold, self.line_weight)[0]
-        return drawing.clamp_(0.0, 1.0)
+        return drawing.clamp(0.0, 1.0)  # not in place: a raw drawing may be an inference tensor (videos)
+
+    def line_thresholds(self) -> tuple[float, float | None]:
+        """(threshold, weak_threshold) for centre lines: `threshold` (default 0.5) must lie strictly between 0
+        and 1; the hysteresis' weak threshold applies only above it."""
+        from linedraw.lineart import WEAK_THRESHOLD
+
+        threshold = 0.5 if self.threshold is None else self.threshold
+        if not 0.0 < threshold < 1.0:
+            raise UsageError(f"threshold must be strictly between 0 and 1 for centre lines (thin, stroke_width, "
+                             f"svg), got {threshold}")
+        return threshold, (WEAK_THRESHOLD if threshold < WEAK_THRESHOLD else None)
 
     def _output_shape(self, photo_shape: tuple[int, int]) -> tuple[int, int]:
         """(H, W) of the written drawing: the photo's, or scaled so its short side is `output_size`."""

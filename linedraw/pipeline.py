@@ -88,10 +88,11 @@ def plan_outputs(inputs: Iterable[PathLike], outdir: PathLike, format: str = "pn
     Outputs mirror each input's tree (`photos/a/b.jpg` -> `outdir/a/b.png`); a video keeps its name
     (`clip.mp4` -> `outdir/clip.mp4`; containers linedraw cannot write become `.mp4`). Same-stem photos of one folder
     are told apart by `EXTENSION_PRIORITY` (the first keeps `b.png`, the others get `b.<ext>.png`), so adding
-    `b.png` beside `b.jpg` renames nothing already written. Inputs whose outputs would land on one path write
-    under `outdir/<input folder's name>/`. Files inside `outdir` found by walking an input are an earlier
-    run's drawings and are left out. Raises `UsageError` when `outdir` is an input folder, or when two photos
-    would still share an output. The mapping depends only on the inputs, so reruns map alike.
+    `b.png` beside `b.jpg` renames nothing already written. Inputs from more than one folder (a walked folder or
+    glob's base, a file's own folder) each write under `outdir/<that folder's name>/`, decided by the inputs
+    alone, so adding photos never moves earlier outputs. Files inside `outdir` found by walking a folder that
+    holds it are an earlier run's drawings and are left out. Raises `UsageError` when `outdir` is an input
+    folder, when two input folders share a name, or when two photos would still share an output.
     """
     from linedraw.images import IMAGE_EXTENSIONS, display_path, list_images
     from linedraw.video import OUTPUT_FORMATS, VIDEO_EXTENSIONS, is_video
@@ -111,14 +112,16 @@ def plan_outputs(inputs: Iterable[PathLike], outdir: PathLike, format: str = "pn
                 f"outdir {display_path(outdir)} is the input folder {display_path(item)}: the drawings would be "
                 "mixed with the photos (and taken for photos by the next run); choose another output folder"
             )
+        # Walking a folder that holds outdir finds an earlier run's drawings there: they are not photos.
+        holds_outdir = root is not None and _is_inside(out_real, os.path.realpath(root))
         found = []
         for source, relative in list_images([item], IMAGE_EXTENSIONS | VIDEO_EXTENSIONS):
             key = os.path.normcase(os.path.abspath(source))
             if key in seen:
                 continue
             seen.add(key)
-            if root is not None and _is_inside(os.path.realpath(source), out_real):
-                continue  # a drawing of an earlier run into a folder inside this input
+            if holds_outdir and _is_inside(os.path.realpath(source), out_real):
+                continue
             found.append((source, relative))
         per_input.append(found)
 
@@ -142,30 +145,34 @@ def plan_outputs(inputs: Iterable[PathLike], outdir: PathLike, format: str = "pn
             relative = per_input[i][j][1]
             names[i][j] = relative.with_name(relative.name + suffix)
 
-    # Outputs of different inputs landing on one path: those inputs write under outdir/<their folder's name>/,
-    # repeated until nothing new collides (a moved input can collide anew).
-    folders = [Path(_input_name(item)) for item in inputs]
-    nested: set[int] = set()
+    # Inputs from several folders write under outdir/<their folder's name>/, whatever files they hold, so that
+    # adding a photo never moves earlier outputs (and --skip-existing never keeps another photo's drawing).
+    folders = {os.path.normcase(os.path.realpath(_input_folder(item))): _input_folder(item) for item in inputs}
+    nest = len(folders) > 1
+    if nest:
+        by_name: dict[str, Path] = {}
+        for folder in folders.values():
+            other = by_name.setdefault(Path(os.path.abspath(folder)).name or "root", folder)
+            if other != folder:
+                raise UsageError(
+                    f"the input folders {display_path(other)} and {display_path(folder)} share the name "
+                    f"{Path(os.path.abspath(folder)).name!r}, under which each writes in outdir; convert them in "
+                    "separate runs"
+                )
 
     def relative_target(i: int, j: int) -> Path:
-        return folders[i] / names[i][j] if i in nested else names[i][j]
+        return Path(_input_name(inputs[i])) / names[i][j] if nest else names[i][j]
 
-    while True:
-        owners: dict[str, list[tuple[int, int]]] = {}
-        for i, targets in enumerate(names):
-            for j in range(len(targets)):
-                owners.setdefault(os.path.normcase(str(relative_target(i, j))), []).append((i, j))
-        clashes = [group for group in owners.values() if len(group) > 1]
-        newly = {i for group in clashes if len({k for k, _ in group}) > 1 for i, _ in group} - nested
-        if not newly:
-            break
-        nested |= newly
-    if clashes:
-        (i, j), (k, m) = clashes[0][:2]
-        raise UsageError(
-            f"{display_path(per_input[i][j][0])} and {display_path(per_input[k][m][0])} would both be written to "
-            f"{display_path(outdir / relative_target(i, j))}; convert them in separate runs, or rename one"
-        )
+    owners: dict[str, tuple[int, int]] = {}
+    for i, targets in enumerate(names):
+        for j in range(len(targets)):
+            k, m = owners.setdefault(os.path.normcase(str(relative_target(i, j))), (i, j))
+            if (k, m) != (i, j):
+                raise UsageError(
+                    f"{display_path(per_input[k][m][0])} and {display_path(per_input[i][j][0])} would both be "
+                    f"written to {display_path(outdir / relative_target(i, j))}; convert them in separate runs, "
+                    "or rename one"
+                )
     return [Task(source, outdir / relative_target(i, j))
             for i, found in enumerate(per_input) for j, (source, _) in enumerate(found)]
 
@@ -182,11 +189,15 @@ def _walk_root(item: str) -> Path | None:
     return None
 
 
-def _input_name(item: str) -> str:
-    """The folder name an input's outputs go under when they collide with another input's."""
+def _input_folder(item: str) -> Path:
+    """The folder an input is walked from, or a file's own folder."""
     root = _walk_root(item)
-    folder = root if root is not None else Path(item).parent
-    return Path(os.path.abspath(folder)).name or "root"
+    return root if root is not None else Path(item).parent
+
+
+def _input_name(item: str) -> str:
+    """The folder name an input's outputs go under when the inputs come from several folders."""
+    return Path(os.path.abspath(_input_folder(item))).name or "root"
 
 
 def _extension_rank(source: Path) -> tuple[int, str, str]:
@@ -204,7 +215,7 @@ def _is_inside(path: str, folder: str) -> bool:
 
 def failure_reason(error: Exception) -> str:
     """The one-line reason `convert_files` reports for a photo that could not be read or converted."""
-    from linedraw.convert import PhotoSizeError
+    from linedraw.errors import LinedrawError
     from linedraw.images import ImageError, ImageTooLargeError
 
     if isinstance(error, ImageTooLargeError):
@@ -212,7 +223,7 @@ def failure_reason(error: Exception) -> str:
                 "decompression bomb: raise the limit only for trusted files)")
     if isinstance(error, ImageError):
         return error.reason
-    if isinstance(error, PhotoSizeError):
+    if isinstance(error, LinedrawError):  # a photo size the settings refuse, ...: the message says it all
         return str(error)
     return f"cannot read: {error}"
 
@@ -278,6 +289,7 @@ def convert_files(
         from linedraw.vector import check_svg_options
 
         check_svg_options(invert=converter.invert, line_weight=converter.line_weight)
+        converter.line_thresholds()  # a threshold centre lines cannot use is refused here, before any work
         render, save = converter.to_svg, write_text_atomic
     else:
         render = converter.convert
@@ -291,10 +303,14 @@ def convert_files(
         if on_error is not None:
             on_error(task, reason)
 
+    tasks = list(tasks)
+    sources = {_real(task.source): task.source for task in tasks}
     todo, videos = [], []
-    for task in list(tasks)[index::count]:
-        if _same_file(task.source, task.target):
-            fail(task, "output would overwrite the input; choose another output folder")
+    for task in tasks[index::count]:
+        overwritten = sources.get(_real(task.target))
+        if overwritten is not None or _same_file(task.source, task.target):
+            other = "" if overwritten in (None, task.source) else f" {display_path(overwritten)}"
+            fail(task, f"output would overwrite the input{other}; choose another output folder")
         elif skip_existing and task.target.exists():
             summary.skipped += 1
         else:
@@ -347,8 +363,7 @@ def convert_files(
                 collect(block_above=4 * converter.batch_size)
             bar.close()
             for task in videos:
-                _convert_video(converter, task, temporal, progress, fail)
-                if task.target.exists():
+                if _convert_video(converter, task, temporal, progress, fail, explain):
                     summary.converted += 1
         except KeyboardInterrupt:
             interrupted = True
@@ -403,8 +418,11 @@ def _convert_chunk(render: Callable, good: list, fail: Callable[[Task, str], Non
     yield from zip((task for task, _ in good), drawings)
 
 
-def _convert_video(converter, task: Task, temporal: float, progress: bool, fail: Callable[[Task, str], None]) -> None:
-    """One video through the converter's batches: the raw network output is smoothed, then finished per frame."""
+def _convert_video(converter, task: Task, temporal: float, progress: bool, fail: Callable[[Task, str], None],
+                   explain: Callable[[Exception], str]) -> bool:
+    """One video through the converter's batches: the raw network output is smoothed, then finished per frame.
+    Returns whether it was written; a video that cannot be converted is one failure and the batch goes on."""
+    from linedraw.errors import LinedrawError
     from linedraw.images import ImageError
     from linedraw.video import convert_video
 
@@ -412,8 +430,15 @@ def _convert_video(converter, task: Task, temporal: float, progress: bool, fail:
         convert_video(lambda frames: converter.convert_tensors(frames, raw=True), task.source, task.target,
                       temporal=temporal, batch_size=converter.batch_size, progress=progress,
                       finish=converter.finish)
-    except ImageError as exc:  # VideoError: unreadable or unsupported; the batch goes on
+    except ImageError as exc:  # VideoError: unreadable or unsupported
         fail(task, exc.reason)
+    except LinedrawError as exc:  # a frame size the settings refuse, a missing file, ...
+        fail(task, explain(exc))
+    except Exception as exc:  # what a photo batch would retry: one failure, not the end of the batch
+        fail(task, f"conversion failed: {exc}")
+    else:
+        return True
+    return False
 
 
 def _prefetch(fn: Callable, items: list, workers: int) -> Iterator[tuple[object, object]]:
@@ -453,6 +478,10 @@ def _chunks(iterable: Iterable, size: int) -> Iterator[list]:
             chunk = []
     if chunk:
         yield chunk
+
+
+def _real(path: Path) -> str:
+    return os.path.normcase(os.path.realpath(path))
 
 
 def _same_file(source: Path, target: Path) -> bool:

@@ -78,15 +78,60 @@ def test_same_named_files_from_two_folders_both_survive(tmp_path, checkpoint, ca
     assert _files(out2) == ["dA/x.png", "dB/x.png"]
 
 
-def test_folders_without_collisions_keep_the_plain_mirrored_names(tmp_path, checkpoint):
+def test_inputs_from_several_folders_go_under_their_names_whatever_files_they_hold(tmp_path, checkpoint, capsys):
     (tmp_path / "dA" / "sub").mkdir(parents=True)
     (tmp_path / "dB").mkdir()
-    _photo().save(tmp_path / "dA" / "a.jpg")
-    _photo().save(tmp_path / "dA" / "sub" / "b.jpg")
-    _photo().save(tmp_path / "dB" / "c.jpg")
+    _photo(seed=0).save(tmp_path / "dA" / "a.jpg")
+    _photo(seed=1).save(tmp_path / "dA" / "sub" / "b.jpg")
+    _photo(seed=2).save(tmp_path / "dB" / "c.jpg")
     out = tmp_path / "out"
-    assert _convert(tmp_path / "dA", tmp_path / "dB", "-o", out, "--checkpoint", checkpoint, "--size", 16) == 0
-    assert _files(out) == ["a.png", "c.png", "sub/b.png"]
+    args = [tmp_path / "dA", tmp_path / "dB", "-o", out, "--checkpoint", checkpoint, "--size", 16]
+    assert _convert(*args) == 0
+    assert _files(out) == ["dA/a.png", "dA/sub/b.png", "dB/c.png"]
+    # A photo that would have collided arrives: nothing already written moves, and a rerun converts only it.
+    _photo(seed=3).save(tmp_path / "dB" / "a.jpg")
+    capsys.readouterr()
+    assert _convert(*args, "--skip-existing") == 0
+    assert "converted 1, skipped 3" in capsys.readouterr().out
+    assert _files(out) == ["dA/a.png", "dA/sub/b.png", "dB/a.png", "dB/c.png"]
+    # One folder alone is mirrored as it is.
+    assert _convert(tmp_path / "dA", "-o", tmp_path / "one", "--checkpoint", checkpoint, "--size", 16) == 0
+    assert _files(tmp_path / "one") == ["a.png", "sub/b.png"]
+
+
+def test_input_folders_that_share_a_name_are_refused_up_front(tmp_path, checkpoint, capsys):
+    for parent in ("x", "y"):
+        (tmp_path / parent / "photos").mkdir(parents=True)
+        _photo().save(tmp_path / parent / "photos" / f"{parent}.jpg")
+    out = tmp_path / "out"
+    assert _convert(tmp_path / "x" / "photos", tmp_path / "y" / "photos", "-o", out, "--checkpoint", checkpoint,
+                    "--size", 16) == 2
+    err = capsys.readouterr().err
+    assert "share the name 'photos'" in err and "Traceback" not in err
+    assert not out.exists() or _files(out) == []
+
+
+def test_files_named_one_by_one_never_overwrite_another_input(tmp_path, checkpoint, capsys):
+    """`convert photos/* -o photos`: a.jpg's drawing would be photos/a.png, which is another input photo."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    _photo(seed=0).save(photos / "a.jpg")
+    _photo(seed=1).save(photos / "a.png")
+    before = {name: (photos / name).read_bytes() for name in ("a.jpg", "a.png")}
+    rc = _convert(photos / "a.jpg", photos / "a.png", "-o", photos, "--checkpoint", checkpoint, "--size", 16)
+    err = capsys.readouterr().err
+    assert rc == 1 and "overwrite the input" in err and "Traceback" not in err
+    assert {name: (photos / name).read_bytes() for name in before} == before, "an input photo was overwritten"
+
+
+def test_an_input_folder_inside_the_output_folder_is_converted(tmp_path, checkpoint, capsys, monkeypatch):
+    """`convert photos -o .`: the photos lie inside the output folder, but they are not earlier drawings."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "photos").mkdir()
+    _photo().save(tmp_path / "photos" / "a.jpg")
+    assert _convert("photos", "-o", ".", "--checkpoint", checkpoint, "--size", 16) == 0
+    assert "converted 1" in capsys.readouterr().out
+    assert (tmp_path / "a.png").is_file()
 
 
 def test_same_stem_siblings_get_fixed_names_and_adding_one_renames_nothing(tmp_path, checkpoint, capsys):
@@ -151,6 +196,14 @@ def test_processing_pixels_are_capped(model):
     converter = Converter(model, size=4000, device="cpu", refuse_above_pixels=1_000_000)
     with pytest.raises(LinedrawError, match="refuse_above_pixels"):
         converter(_photo(40, 30))  # 5333x4000 at the processing size
+
+
+def test_the_pixel_cap_counts_the_padding_a_thin_strip_gets(model):
+    """At native size a 1-px strip is padded to MIN_SIDE rows before the network: 16x the pixels it has."""
+    converter = Converter(model, size=0, device="cpu", refuse_above_pixels=1_000_000)
+    converter.check_photo(1, 60_000)  # 0.96 M padded pixels: fine
+    with pytest.raises(LinedrawError, match="refuse_above_pixels"):
+        converter.check_photo(1, 200_000)  # 0.2 M pixels, 3.2 M once padded
 
 
 def test_refuse_limit_can_be_raised_above_pillows_own(tmp_path):

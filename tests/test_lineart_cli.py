@@ -84,3 +84,43 @@ def test_a_video_converts_beside_photos_and_a_corrupt_one_is_one_line(tmp_path, 
     assert (frames, fps, width, height) == (6, Fraction(12), 64, 48)
     assert not (out / "broken.mp4").exists()
     del av
+
+
+def test_video_failures_of_any_kind_are_one_line_and_the_batch_goes_on(tmp_path, capsys):
+    """A video the settings refuse (a strip) fails alone; a video at native size (size 0, the network's output
+    returned as is) converts; the counts and exit code tell the truth."""
+    pytest.importorskip("av", reason="video conversion needs PyAV (pip install 'linedraw[video]')")
+    from tests.test_video import _clip, _probe
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    _clip(inputs / "a_strip.mp4", frames=2, size=(1040, 16))
+    _clip(inputs / "b_clip.mp4", frames=3, size=(32, 32))
+    out = tmp_path / "out"
+    rc = main(["convert", str(inputs), "-o", str(out), "--size", "16", "-q"])
+    captured = capsys.readouterr()
+    assert rc == 1 and "Traceback" not in captured.err
+    assert [line for line in captured.err.splitlines() if "a_strip.mp4" in line][0].startswith("failed:")
+    assert "converted 1, skipped 0, failed 1" in captured.out
+    assert _probe(out / "b_clip.mp4")[0] == 3
+    assert main(["convert", str(inputs / "b_clip.mp4"), "-o", str(tmp_path / "native"), "--size", "0", "-q"]) == 0
+    assert _probe(tmp_path / "native" / "b_clip.mp4")[0] == 3
+
+
+@pytest.mark.parametrize("extra", [["--thin"], ["--stroke-width", "2"], ["--format", "svg"]])
+def test_centre_lines_take_any_threshold_between_0_and_1(tmp_path, capsys, extra):
+    photo = tmp_path / "p.jpg"
+    Image.open(SAMPLES / "coffee.jpg").resize((64, 48)).save(photo)
+    assert main(["convert", str(photo), "-o", str(tmp_path / "hi"), "--size", "64", "--threshold", "0.9", "-q",
+                 *extra]) == 0
+    assert main(["convert", str(photo), "-o", str(tmp_path / "one"), "--size", "64", "--threshold", "1", "-q",
+                 *extra]) == 2
+    err = capsys.readouterr().err
+    assert "strictly between 0 and 1" in err and "Traceback" not in err
+
+
+def test_thin_with_line_weight_is_refused_not_ignored(tmp_path, capsys):
+    photo = tmp_path / "p.jpg"
+    Image.open(SAMPLES / "coffee.jpg").resize((64, 48)).save(photo)
+    assert main(["convert", str(photo), "-o", str(tmp_path / "o"), "--thin", "--line-weight", "3"]) == 2
+    assert "stroke_width" in capsys.readouterr().err
