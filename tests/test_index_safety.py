@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -312,3 +313,30 @@ def test_index_help_shows_defaults(capsys):
         with pytest.raises(SystemExit):
             main(command)
         assert expected in " ".join(capsys.readouterr().out.split())
+
+
+def test_an_index_reached_through_a_symlink_is_changed_where_it_is(data, tmp_path, capsys):
+    """Writers through a link lock, copy and swap the real folder: the link stays a link, nothing is left over."""
+    real = tmp_path / "idx-2024"
+    assert _build(data, real) == 0
+    link = tmp_path / "current"
+    link.symlink_to(real.name)
+    assert main(["index", "remove", str(link), str(data / "gallery" / "cat")]) == 0
+    assert link.is_symlink() and os.readlink(link) == real.name
+    with GalleryIndex.open(real) as opened:
+        assert opened.count == 3
+    assert sorted(os.listdir(tmp_path)) == ["current", "idx-2024"]
+    errors = []
+
+    def other_writer() -> None:
+        try:
+            with writer_lock(real, wait=0.0):
+                pass
+        except BusyError as exc:
+            errors.append(exc)
+
+    with writer_lock(link):  # the real folder's lock: a writer naming the folder itself must wait
+        thread = threading.Thread(target=other_writer)
+        thread.start()
+        thread.join(30)
+    assert len(errors) == 1

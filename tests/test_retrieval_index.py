@@ -8,6 +8,7 @@ import faiss
 import numpy as np
 import pytest
 
+from linedraw.errors import UsageError
 from linedraw.retrieval.index import (
     SHARD_ID_BITS, GalleryIndex, Item, choose_kind, create_faiss_index, merge_indexes, parse_size, plan_index,
     publish, recover,
@@ -49,7 +50,10 @@ def test_parse_size_and_auto_kind():
     assert parse_size("512M") == 512 * 2**20
     assert parse_size("1.5G") == int(1.5 * 2**30)
     assert parse_size("2048") == 2048
-    with pytest.raises(ValueError, match="memory size"):
+    for bad in ("1e999", "1.2.3", "e", "1e999G"):
+        with pytest.raises(UsageError, match="memory"):
+            parse_size(bad)
+    with pytest.raises(UsageError, match="memory: cannot read a size"):
         parse_size("lots")
     assert choose_kind(1000, 512, 8 << 30) == "flat"
     assert choose_kind(1_000_000, 512, 8 << 30) == "hnsw"

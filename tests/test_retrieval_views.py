@@ -130,6 +130,25 @@ def test_ivfpq_rescored_from_memory_mapped_float16_finds_the_true_neighbours(tmp
     assert recall(plain) < 0.8
 
 
+def test_a_reader_opened_before_a_write_keeps_its_own_float16_vectors(tmp_path):
+    """The codes and the float16 rows a reader re-scores with come from one version of the index, even when a
+    writer replaces the index between the reader's open and its first search."""
+    n, dim = 2000, 64
+    x = _clustered(n, dim, 5)
+    plan = plan_index("ivfpq", n, dim, 1 << 30, on_disk=False)
+    index = create_faiss_index(plan, dim)
+    index.train(x)
+    gallery = GalleryIndex.create(tmp_path / "index", {**plan.__dict__, "dim": dim, "embedder": "e"}, index)
+    gallery.add(x, _items(n))
+    gallery.commit()
+    gallery.close()
+    with GalleryIndex.open(tmp_path / "index") as reader:
+        with GalleryIndex.edit(tmp_path / "index") as writer:
+            writer.remove(list(range(0, n, 2)))
+        scores, ids = reader.search(x[10:11], 1)
+    assert ids[0, 0] == 10 and scores[0, 0] > 0.99, (ids, scores)
+
+
 def test_store_follows_adds_and_removes(tmp_path):
     n, dim = 2000, 64
     x = _clustered(n, dim, 3)

@@ -176,6 +176,7 @@ def test_more_strokes_change_the_results(client):
     (None, "k=0", 400, "k must be between"),
     (None, "k=many", 400, "k must be a whole number"),
     (None, "index=-1", 404, "no index number"),
+    (png_bytes(Image.new("RGB", (2, 400), (200, 30, 30))), "", 400, "cannot be drawn"),  # a strip of colour
 ])
 def test_bad_queries_get_a_json_message(client, body, params, status, words):
     response = client.post(f"/api/search?{params}", content=sketch_png() if body is None else body)
@@ -189,10 +190,26 @@ def test_a_declared_oversized_upload_is_refused_before_it_is_read(client):
 
 
 @pytest.mark.parametrize("url", ["/photo/0/999999", "/thumb/0/999999", "/photo/0/abc", "/photo/0/-1", "/photo/7/0",
-                                 "/photo/0", "/static/../search.py", "/nothing"])
+                                 "/photo/0", "/static/../search.py", "/nothing", "/photo/0/99999999999999999999",
+                                 "/thumb/0/99999999999999999999"])
 def test_only_indexed_photos_are_served(client, url):
     response = client.get(url)
     assert response.status_code in (400, 404) and "error" in response.json()
+
+
+def test_a_wildcard_bind_accepts_this_machines_names_only(search):
+    import socket
+
+    from linedraw.serve.app import allowed_hosts
+
+    names = allowed_hosts("0.0.0.0", ["photos.lan", "fd00::7"])
+    assert "*" not in names and {"localhost", "127.0.0.1", "[::1]", socket.gethostname()} <= set(names)
+    assert {"photos.lan", "[fd00::7]"} <= set(names)
+    app = create_app(search, host="0.0.0.0", allowed=["photos.lan"])
+    with starlette_testclient.TestClient(app, base_url="http://127.0.0.1:8000") as client:
+        assert client.get("/api/indexes", headers={"host": "evil.example"}).status_code == 400
+        assert client.get("/api/indexes", headers={"host": "photos.lan:8000"}).status_code == 200
+        assert client.get("/api/indexes", headers={"host": f"{socket.gethostname()}:8000"}).status_code == 200
 
 
 def test_other_host_names_are_refused(client):

@@ -20,6 +20,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 shares the "
                              "gallery with the whole network)")
+    parser.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                        help="another host name or address the page may be reached by (repeatable); with --host "
+                             "0.0.0.0 this machine's own names and addresses are accepted, other names are refused "
+                             "(a DNS-rebinding page cannot read the gallery)")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on; 0 picks a free one (default: 8000)")
     parser.add_argument("-k", type=int, default=24, help="results per query (default: 24)")
     parser.add_argument("--workers", type=int, default=0,
@@ -55,10 +59,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--workers must be at least 1 (or 0 for the default), not {args.workers}")
     if args.max_upload_pixels < 1:
         raise UsageError(f"--max-upload-pixels must be at least 1, not {args.max_upload_pixels}")
-    try:
-        max_upload = parse_size(args.max_upload)
-    except ValueError as exc:
-        raise UsageError(f"--max-upload: {exc}") from None
+    max_upload = parse_size(args.max_upload, "--max-upload")
     if max_upload < 1:
         raise UsageError(f"--max-upload must be at least 1 byte, not {args.max_upload!r}")
     workers = args.workers or min(4, os.cpu_count() or 1)
@@ -70,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
                               ef_search=args.ef_search, max_upload_bytes=max_upload, max_pixels=args.max_upload_pixels,
                               default_k=args.k)
         try:
-            server = make_server(create_app(search, workers=workers, host=args.host))
+            server = make_server(create_app(search, workers=workers, host=args.host, allowed=args.allowed_host))
             count = sum(g.count for g in search.galleries)
             print(f"serving {len(search.galleries)} index(es), {count} items, at {url_of(sock)} (Ctrl-C stops)",
                   file=sys.stderr, flush=True)

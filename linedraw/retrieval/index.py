@@ -84,13 +84,17 @@ class Item:
 # ----------------------------------------------------------------------------------------------- choosing
 
 
-def parse_size(text: str) -> int:
-    """'512M', '16G', '1.5GB', '2e9' -> bytes (powers of 1024 for K/M/G/T)."""
+def parse_size(text: str, name: str = "memory") -> int:
+    """'512M', '16G', '1.5GB', '2e9' -> bytes (powers of 1024 for K/M/G/T); a UsageError naming `name` for
+    anything else (malformed or non-finite numbers included)."""
     match = re.fullmatch(r"\s*([0-9.eE+]+)\s*([KMGT]?)i?B?\s*", text, flags=re.IGNORECASE)
-    if not match:
-        raise UsageError(f"memory: cannot read a memory size from {text!r} (examples: 512M, 16G)")
-    scale = 1024 ** " KMGT".index(match.group(2).upper() or " ")
-    return int(float(match.group(1)) * scale)
+    try:
+        value = float(match.group(1)) * 1024 ** " KMGT".index(match.group(2).upper() or " ") if match else math.nan
+    except (ValueError, OverflowError):
+        value = math.nan
+    if not math.isfinite(value):
+        raise UsageError(f"{name}: cannot read a size in bytes from {text!r} (examples: 512M, 16G)")
+    return int(value)
 
 
 def bytes_per_vector(kind: str, dim: int, pq_bytes: int = 0) -> int:
@@ -530,10 +534,21 @@ class GalleryIndex:
             if before is not None and _read_bytes(directory / MANIFEST) != before:
                 raise _Swapped() from None
             raise
+        opened = cls(directory, *loaded)
+        try:  # the float16 vectors now, so a write after this cannot pair them with these codes
+            opened.store
+        except (LinedrawError, OSError) as exc:
+            loaded[2].close()
+            if _read_bytes(directory / MANIFEST) != before:
+                raise _Swapped() from None
+            if isinstance(exc, LinedrawError):
+                raise
+            raise InvalidFileError(f"{display_path(directory)}: cannot read the index's float16 vectors ({exc}); "
+                                   "rebuild the index") from None
         if _read_bytes(directory / MANIFEST) != before:
             loaded[2].close()
             raise _Swapped()
-        return cls(directory, *loaded)
+        return opened
 
     @classmethod
     def create(cls, directory: str | os.PathLike, manifest: dict, index: faiss.Index,
@@ -541,7 +556,7 @@ class GalleryIndex:
         """A new, empty index (`index` already trained) written in a temporary sibling of `directory`. Refuses
         a `directory` that exists and is not an index (see `check_output`); waits up to `wait` seconds for
         another writer of `directory`."""
-        target = Path(directory)
+        target = _real_target(directory)
         check_output(target)
         target.parent.mkdir(parents=True, exist_ok=True)
         lock = contextlib.ExitStack()
@@ -563,7 +578,7 @@ class GalleryIndex:
     def edit(cls, directory: str | os.PathLike, wait: float = 0.0) -> "GalleryIndex":
         """A writable copy of the published index `directory`; `commit()` replaces the original. Waits up to
         `wait` seconds for another writer to finish (BusyError after that)."""
-        target = Path(directory)
+        target = _real_target(directory)
         lock = contextlib.ExitStack()
         work = None
         try:
@@ -890,6 +905,12 @@ def merge_ivf_lists(empty: faiss.Index, lists: Sequence, path: Path) -> faiss.In
 # ----------------------------------------------------------------------------------------------- one writer
 
 
+def _real_target(directory: str | os.PathLike) -> Path:
+    """The folder a writer changes: an index reached through a symlink is locked, copied and swapped where it
+    really is (the link stays a link, and writers through the link and through the folder exclude each other)."""
+    return Path(os.path.realpath(directory))
+
+
 def _lock_path(target: Path) -> Path:
     return target.parent / f".{target.name}.lock"
 
@@ -906,7 +927,7 @@ def writer_lock(directory: str | os.PathLike, wait: float = 0.0, existing: bool 
     and no lock file is created, when it does not)."""
     if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not wait >= 0:
         raise UsageError(f"wait must be a number of seconds >= 0, got {wait!r}")
-    target = Path(directory)
+    target = _real_target(directory)
     if existing and not target.exists() and not _publish_interrupted(target):
         read_manifest(target)  # raises the missing-folder error
     path = _lock_path(target)
@@ -1034,7 +1055,7 @@ def _publish_interrupted(target: Path) -> bool:
 def recover(target: Path) -> None:
     """Under the writer lock: after a crash mid-publish `target` may be missing while its previous version sits
     in `.NAME.old-*`: put it back; then drop what crashed writers left (`.NAME.old-*`, `.NAME.tmp-*`)."""
-    target = Path(target)
+    target = _real_target(target)
     prefix = glob.escape(str(target.parent / f".{target.name}."))
     with writer_lock(target):
         olds = sorted(glob.glob(prefix + "old-*"), key=os.path.getmtime)

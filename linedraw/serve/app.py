@@ -12,6 +12,7 @@ import os
 import socket
 import time
 from pathlib import Path
+from typing import Iterable
 
 import anyio
 from starlette.applications import Starlette
@@ -58,18 +59,34 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
-def allowed_hosts(host: str) -> list[str]:
-    """Host header values to accept for a server bound to `host` ("*" when bound to every interface)."""
-    if host in ("0.0.0.0", "::", ""):
-        return ["*"]
-    names = {host, f"[{host}]" if ":" in host else host}
-    if host in ("127.0.0.1", "::1", "localhost"):
+def allowed_hosts(host: str, extra: Iterable[str] = ()) -> list[str]:
+    """Host header values to accept for a server bound to `host`: its own name, and loopback's names for a
+    loopback or wildcard bind; bound to every interface (0.0.0.0, ::), this machine's names and addresses, never
+    any Host (a DNS-rebinding page would then pass); plus the names in `extra`."""
+    wildcard = host in ("0.0.0.0", "::", "")
+    names = set() if wildcard else {f"[{host}]" if ":" in host else host}
+    if wildcard or host in ("127.0.0.1", "::1", "localhost"):
         names |= {"127.0.0.1", "localhost", "[::1]"}
-    return sorted(names)
+    if wildcard:
+        names |= _machine_names()
+    return sorted(names | {f"[{name}]" if ":" in name and not name.startswith("[") else name for name in extra})
 
 
-def create_app(search: SketchSearch, *, workers: int = 2, host: str = "127.0.0.1") -> Starlette:
-    """The ASGI app serving `search`; at most `workers` queries are embedded at once (the rest wait their turn)."""
+def _machine_names() -> set[str]:
+    """This machine's host names and the addresses they resolve to."""
+    names = {socket.gethostname(), socket.getfqdn()}
+    try:
+        for *_, address in socket.getaddrinfo(socket.gethostname(), None):
+            names.add(f"[{address[0]}]" if ":" in address[0] else address[0])
+    except OSError:
+        pass
+    return {name for name in names if name}
+
+
+def create_app(search: SketchSearch, *, workers: int = 2, host: str = "127.0.0.1",
+               allowed: Iterable[str] = ()) -> Starlette:
+    """The ASGI app serving `search`; at most `workers` queries are embedded at once (the rest wait their turn).
+    Requests must name a host of `allowed_hosts(host, allowed)`."""
     if workers < 1:
         raise UsageError(f"workers must be at least 1, not {workers}")
     limiter = anyio.CapacityLimiter(workers)
@@ -116,7 +133,7 @@ def create_app(search: SketchSearch, *, workers: int = 2, host: str = "127.0.0.1
         Route("/photo/{slot:int}/{id:int}", photo),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
-    middleware = [Middleware(SecurityHeaders), Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts(host))]
+    middleware = [Middleware(SecurityHeaders), Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts(host, allowed))]
     return Starlette(routes=routes, middleware=middleware,
                      exception_handlers={QueryError: query_error, HTTPException: http_error})
 

@@ -18,6 +18,7 @@ from typing import Callable, Sequence, TypeVar
 
 from PIL import Image
 
+from linedraw.convert import PhotoSizeError
 from linedraw.errors import LinedrawError, UsageError
 from linedraw.images import ImageError, ImageTooLargeError, display_path, open_image
 from linedraw.retrieval.gallery import PhotoEncoder, encoding_of, looks_like_drawing
@@ -162,11 +163,14 @@ class SketchSearch:
         image = self.decode(data)
         encoder = self.encoders[slot]
         sketch = looks_like_drawing(image)
-        if sketch or raw or encoder.encoding.checkpoint is None:
-            vectors = encoder.query(image, raw=raw)
-        else:
-            with self._conversion_lock:
+        try:
+            if sketch or raw or encoder.encoding.checkpoint is None:
                 vectors = encoder.query(image, raw=raw)
+            else:
+                with self._conversion_lock:
+                    vectors = encoder.query(image, raw=raw)
+        except PhotoSizeError as exc:  # a photo the converter refuses (a long strip, say): the client's to fix
+            raise QueryError(f"the uploaded photo cannot be drawn: {exc}") from None
         hits = gallery.call(_search, vectors, k)
         return {"query": "sketch" if sketch else "photo (raw)" if raw else "photo", "index": slot,
                 "results": [hit_json(slot, hit) for hit in hits]}
@@ -198,6 +202,8 @@ class SketchSearch:
         return buffer.getvalue()
 
     def _item(self, slot: int, item_id: int) -> Item:
+        if not 0 <= item_id < 2**63:  # ids are SQLite integers
+            raise QueryError(f"index {slot} has no photo {item_id}", 404)
         item = self.gallery(slot).item(item_id)
         if item is None:
             raise QueryError(f"index {slot} has no photo {item_id}", 404)
