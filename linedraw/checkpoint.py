@@ -116,8 +116,8 @@ def publish_step_dir(root: str | os.PathLike, name: str, keep: int) -> Path:
         shutil.rmtree(final)
     (root / f"{name}.tmp").rename(final)
     write_text_atomic(root / "latest", name + "\n")
-    done = sorted(p for p in root.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp"))
-    for stale in done[:-keep]:
+    done = sorted(p for p in root.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp") and p != final)
+    for stale in done[: max(0, len(done) - (keep - 1))]:  # the one just published always stays
         shutil.rmtree(stale)
     return final
 

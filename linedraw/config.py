@@ -306,6 +306,20 @@ def validate(cfg: TrainConfig) -> None:
     from linedraw.models.augment import parse_policy
     from linedraw.models.generator import UPSAMPLE_MODES, ResnetGenerator
 
+    if cfg.seed >= 2**32:
+        raise ConfigError(f"seed={cfg.seed} must be below 2**32", "seed")
+    if cfg.loss.semantic > 0 and cfg.semantic.patches and cfg.semantic.patch_size > cfg.data.size:
+        raise ConfigError(f"semantic.patch_size={cfg.semantic.patch_size} is larger than the training crop "
+                          f"data.size={cfg.data.size}", "semantic.patch_size")
+    if cfg.loss.segmentation > 0 and len(cfg.segmentation.decoder_channels) != cfg.segmentation.encoder_depth:
+        raise ConfigError(f"segmentation.decoder_channels has {len(cfg.segmentation.decoder_channels)} sizes; the "
+                          f"U-Net needs one per encoder level (segmentation.encoder_depth="
+                          f"{cfg.segmentation.encoder_depth})", "segmentation.decoder_channels")
+    side = cfg.data.size >> cfg.model.n_layers_d  # the PatchGAN's last normalised map is side - 1 pixels wide
+    if cfg.loss.gan > 0 and side - 1 < 2:
+        raise ConfigError(f"model.n_layers_d={cfg.model.n_layers_d} is too deep for data.size={cfg.data.size}: "
+                          f"the discriminator's maps would shrink below 2x2 (use at most "
+                          f"{max(1, (cfg.data.size // 3).bit_length() - 1)} layers)", "model.n_layers_d")
     if cfg.data.size % ResnetGenerator.size_multiple:
         raise ConfigError(f"data.size={cfg.data.size} must be a multiple of {ResnetGenerator.size_multiple} (the "
                           "generators' size_multiple)", "data.size")

@@ -64,14 +64,16 @@ def test_all_losses_train_log_and_checkpoint(tiny):
     assert y.shape == (1, 1, 32, 48) and 0 <= float(y.min()) and float(y.max()) <= 1
 
 
-def test_resume_continues_exactly(tiny, tmp_path):
+@pytest.mark.parametrize("extra", [(), ("semantic.patches=2", "semantic.patch_size=16")])
+def test_resume_continues_exactly(tiny, tmp_path, extra):
+    """Semantic patches draw from the global RNG: a resumed run (its loader started mid-epoch) must draw alike."""
     config, out = tiny
-    run_train(config, "optim.max_steps=4")
+    run_train(config, "optim.max_steps=4", *extra)
     straight = latest_generator(out)
 
     split_out = tmp_path / "split"
-    run_train(config, f"output_dir={split_out}", "optim.max_steps=2")
-    proc = run_train(config, f"output_dir={split_out}", "optim.max_steps=4")
+    run_train(config, f"output_dir={split_out}", "optim.max_steps=2", *extra)
+    proc = run_train(config, f"output_dir={split_out}", "optim.max_steps=4", *extra)
     assert "resumed from" in proc.stderr
     resumed = latest_generator(split_out)
     assert straight.keys() == resumed.keys()
@@ -224,6 +226,13 @@ def test_a_run_folder_in_the_accelerate_layout_still_resumes_exactly(tiny, tmp_p
     ("optim.max_steps=abc", "optim.max_steps"),
     ("optim.lr=fast", "optim.lr"),
     ("optim.mixed_precision=fp16", "optim.mixed_precision"),
+    ("semantic.patches=2", "semantic.patch_size"),  # 128-px patches of a 32-px crop
+    ("model.n_layers_d=4", "model.n_layers_d"),  # a 32-px crop shrinks to 1x1 in the discriminator
+    ("seed=4294967296", "seed"),
+    ("segmentation.encoder_depth=2", "segmentation.decoder_channels"),
+    ("segmentation.encoder=no-such-encoder", "segmentation.encoder"),
+    ("geometry.backbone=no-such-backbone", "geometry.backbone"),
+    ("warm_start=/no/such/checkpoint", "/no/such/checkpoint"),
 ])
 def test_bad_values_are_refused_before_a_run_folder_exists(tiny, override, message):
     config, out = tiny
@@ -297,3 +306,17 @@ def test_upsample_and_diffaugment_options_train_and_resume_exactly(tiny, tmp_pat
     plain = tmp_path / "plain"
     run_train(config, f"output_dir={plain}", "optim.max_steps=4")
     assert any(not torch.equal(straight[k], v) for k, v in latest_generator(plain).items())
+
+
+def test_fresh_keeps_the_earlier_checkpoints_aside_and_its_own(tiny):
+    """--fresh in a used run folder: the new run's checkpoints are not pruned against the old run's higher step
+    numbers (which left `latest` naming a deleted folder); the old ones are kept aside, not deleted."""
+    config, out = tiny
+    run_train(config, "optim.max_steps=4")
+    run_train(config, "optim.max_steps=2", "--fresh")
+    assert (out / "checkpoints" / "latest").read_text().strip() == "step_00000002"
+    assert sorted(p.name for p in (out / "checkpoints").glob("step_*")) == ["step_00000002"]
+    aside = list(out.glob("checkpoints.before-fresh-*"))
+    assert len(aside) == 1 and (aside[0] / "step_00000004").is_dir()
+    proc = run_train(config, "optim.max_steps=4")
+    assert "resumed from" in proc.stderr

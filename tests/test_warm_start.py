@@ -56,6 +56,14 @@ def test_warm_start_from_a_checkpoint_that_fits_nothing_is_an_error(tiny):
         warm_start(_nets(config), "contour-fast")  # the distilled student: another architecture
 
 
+def test_a_source_that_fills_little_of_the_generator_is_an_error(tiny):
+    """Another width shares only a bias or two with G_A: that is a run from scratch, not a warm start."""
+    config, out = tiny
+    run_train(config, "optim.max_steps=1")
+    with pytest.raises(CheckpointError, match="only .* of G_A's"):
+        warm_start(_nets(config, "model.ngf=8"), str(out))
+
+
 def test_a_run_warm_started_from_another_records_it(tiny, tmp_path):
     config, out = tiny
     run_train(config, "optim.max_steps=2")

@@ -21,7 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fresh", action="store_true", help="ignore checkpoints in output_dir and start over")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. optim.max_steps=100 data.size=128")
     args = parser.parse_args(argv)
-    return cli_main(["train", args.config, *(["--fresh"] if args.fresh else []), "--", *args.overrides])
+    # --fresh before CONFIG: argparse takes CONFIG and the overrides in one go, so no option may sit between them
+    return cli_main(["train", *(["--fresh"] if args.fresh else []), args.config, "--", *args.overrides])
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ loads). Running the same command again resumes from `checkpoints/latest`.
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
@@ -17,7 +18,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn as nn
@@ -94,6 +95,18 @@ class Run:
     state: RunState = field(default_factory=RunState)
 
 
+@contextlib.contextmanager
+def _names_key(key: str, value: str, *related: str) -> Iterator[None]:
+    """Turn a library's refusal to build what `key` names (an unknown model, a layer it lacks) into a
+    ConfigError naming the key, instead of a traceback."""
+    try:
+        yield
+    except (KeyError, IndexError, RuntimeError, ValueError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        keys = " / ".join((key, *related))
+        raise ConfigError(f"{keys}: cannot build {value!r}: {str(message)[:300]}", key) from None
+
+
 def build_models(cfg: TrainConfig, device: torch.device) -> tuple[dict[str, nn.Module], Teachers]:
     """The trainable nets and frozen teachers the enabled losses need: G_A always; G_B with the cycle loss; D_B
     (and D_A with G_B) with the GAN loss; a teacher and its net (geometry head, U-Net) with its loss. A loss of
@@ -120,7 +133,8 @@ def build_models(cfg: TrainConfig, device: torch.device) -> tuple[dict[str, nn.M
         from linedraw.teachers.features import FeatureExtractor
 
         g = cfg.geometry
-        teachers.features = FeatureExtractor(g.backbone, g.backbone_weights, tuple(g.out_indices)).to(device)
+        with _names_key("geometry.backbone", g.backbone, "geometry.out_indices"):
+            teachers.features = FeatureExtractor(g.backbone, g.backbone_weights, tuple(g.out_indices)).to(device)
         nets["head"] = create_model("geometry_head", in_channels=teachers.features.channels, out_channels=1,
                                     width=g.head_width)
         if g.estimator:
@@ -133,8 +147,9 @@ def build_models(cfg: TrainConfig, device: torch.device) -> tuple[dict[str, nn.M
         from linedraw.losses.segmentation import build_unet
 
         s = cfg.segmentation
-        nets["unet"] = build_unet(s.encoder, s.num_classes, s.encoder_weights, encoder_depth=s.encoder_depth,
-                                  decoder_channels=tuple(s.decoder_channels))
+        with _names_key("segmentation.encoder", s.encoder):
+            nets["unet"] = build_unet(s.encoder, s.num_classes, s.encoder_weights, encoder_depth=s.encoder_depth,
+                                      decoder_channels=tuple(s.decoder_channels))
     return {name: nets[name] for name in NET_NAMES if name in nets}, teachers
 
 
@@ -313,9 +328,12 @@ def setup(cfg: TrainConfig, dataset: Any, out: Path) -> tuple[Run, Any, int, Run
     nets, teachers = build_models(cfg, accelerator.device)
     optimizers = build_optimizers(cfg, nets)
     sampler = EpochSampler(len(dataset.photos), len(dataset.drawings), seed=cfg.seed)
+    # The loader's own generator: starting an iterator (a resumed run starts one mid-epoch) then leaves the
+    # global RNG, which the losses draw from, as it was, so a resumed run draws what an uninterrupted one does.
     loader = DataLoader(dataset, batch_size=cfg.optim.batch_size, sampler=sampler, drop_last=True,
                         num_workers=cfg.data.workers, persistent_workers=cfg.data.workers > 0,
-                        pin_memory=torch.cuda.is_available(), worker_init_fn=ignore_stop_signals)
+                        pin_memory=torch.cuda.is_available(), worker_init_fn=ignore_stop_signals,
+                        generator=torch.Generator().manual_seed(cfg.seed))
     o = cfg.optim
     total = o.epochs * len(loader) if o.max_steps is None else min(o.max_steps, o.epochs * len(loader))
     factor = linear_decay(total, round(total * o.decay_epoch / o.epochs))
@@ -353,8 +371,20 @@ def train(cfg: TrainConfig, fresh: bool = False) -> int:
     if cfg.loss.segmentation > 0 and all(p.mask is None for p in dataset.photos):
         log.warning("loss.segmentation > 0 but no photo has a mask: the loss will be 0 throughout")
     out = Path(cfg.output_dir)
+    old_checkpoints = out / "checkpoints"
+    if fresh and old_checkpoints.exists() and processes.is_main_process:  # kept, out of the new run's way
+        aside = out / f"checkpoints.before-fresh-{time.strftime('%Y%m%d-%H%M%S')}"
+        old_checkpoints.rename(aside)
+        log.info("--fresh: the earlier checkpoints moved to %s", aside)
+    processes.wait_for_everyone()
     run, loader, total, checkpoints = setup(cfg, dataset, out)
     acc, state = run.accelerator, run.state
+    # Resume or warm start before anything is written: a bad source leaves no run folder behind.
+    resumed = None if fresh else checkpoints.resume()
+    if resumed is None and cfg.warm_start:
+        from linedraw.training.warm_start import warm_start
+
+        warm_start({k: acc.unwrap_model(net) for k, net in run.nets.items()}, cfg.warm_start)
     if acc.is_main_process:
         (out / "samples").mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
@@ -365,13 +395,9 @@ def train(cfg: TrainConfig, fresh: bool = False) -> int:
              len(dataset.drawings))
     if cfg.notes:
         log.info("notes: %s", cfg.notes)
-    if not fresh and (resumed := checkpoints.resume()) is not None:
+    if resumed is not None:
         log.info("resumed from %s at step %d (epoch %d, batch %d)", resumed, state.step, state.epoch,
                  state.batch_in_epoch)
-    elif cfg.warm_start:
-        from linedraw.training.warm_start import warm_start
-
-        warm_start({k: acc.unwrap_model(net) for k, net in run.nets.items()}, cfg.warm_start)
     for scheduler in run.schedulers.values():
         resync(scheduler, state.step)
     metrics = Metrics(run, out, total)

@@ -58,8 +58,15 @@ def warm_start(nets: Mapping[str, nn.Module], source: str) -> dict[str, tuple[in
             for key, tensor in fitting.items():
                 own[key].copy_(tensor.to(own[key].dtype))
         report[name] = (len(fitting), len(own))
-        log.info("warm start: %s <- %s: %d of %d tensors", name, source, len(fitting), len(own))
+        level = logging.INFO if len(fitting) == len(own) else logging.WARNING
+        log.log(level, "warm start: %s <- %s: %d of %d tensors", name, source, len(fitting), len(own))
     if not any(copied for copied, _ in report.values()):
         raise CheckpointError(f"warm_start={source}: no tensor fits this run's nets "
                               f"({', '.join(nets)}); is it a checkpoint of this architecture?")
+    copied, total = report.get("G_A", (0, 0))
+    if "G_A" in nets and copied < total / 2:
+        # The generator is the point of a warm start: a source that fills a few of its tensors (say the last bias
+        # of another width) would leave a run from scratch that claims to continue one.
+        raise CheckpointError(f"warm_start={source}: only {copied} of G_A's {total} tensors fit this run's "
+                              "generator; is it a checkpoint of this architecture (model.ngf, model.n_blocks)?")
     return report
