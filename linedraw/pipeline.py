@@ -17,6 +17,7 @@ folders are removed. Ctrl-C stops cleanly: drawings already made are saved, then
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import os
 import time
@@ -304,10 +305,15 @@ def convert_files(
             on_error(task, reason)
 
     tasks = list(tasks)
-    sources = {_real(task.source): task.source for task in tasks}
+    # Inputs that sit where an output would be written (photos/* -o photos): a target there would replace them.
+    # Folders are resolved once each, and only sources in an output folder are kept, so big runs stay cheap.
+    real_folder = functools.lru_cache(maxsize=None)(_real)
+    out_folders = {real_folder(task.target.parent) for task in tasks}
+    sources = {(folder, os.path.normcase(task.source.name)): task.source for task in tasks
+               if (folder := real_folder(task.source.parent)) in out_folders}
     todo, videos = [], []
     for task in tasks[index::count]:
-        overwritten = sources.get(_real(task.target))
+        overwritten = sources.get((real_folder(task.target.parent), os.path.normcase(task.target.name)))
         if overwritten is not None or _same_file(task.source, task.target):
             other = "" if overwritten in (None, task.source) else f" {display_path(overwritten)}"
             fail(task, f"output would overwrite the input{other}; choose another output folder")
