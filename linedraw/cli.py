@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # Order here is the order in `linedraw --help`.
@@ -43,17 +44,22 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `linedraw` console script; returns the process exit code.
 
     A `LinedrawError` (something the user can fix), or an operating-system error about a named file (missing,
-    unreadable, read-only), is printed as one line with exit code 2; Ctrl-C exits 130 without a traceback; any
-    other exception is a bug and keeps its traceback.
+    unreadable, read-only), is printed as one line with exit code 2; Ctrl-C exits 130 without a traceback, and a
+    reader of stdout that went away (`| head`) 141; any other exception is a bug and keeps its traceback.
     """
     from linedraw.errors import LinedrawError
 
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # here, not at exit: a reader that went away is handled below
+        return code
     except LinedrawError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader of stdout went away (`linedraw ... | head`): stop quietly, as cat does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the flush at exit cannot fail again
+        return 141
     except OSError as exc:
         if exc.filename is None:
             raise

@@ -67,3 +67,17 @@ def test_json_without_a_file_prints_json_on_stdout(tmp_path, capsys):
     assert main(["eval", "agreement", str(tmp_path / "a"), str(tmp_path / "b"), "--json", report]) == 0
     assert "1 drawings" in capsys.readouterr().out
     assert json.loads((tmp_path / "r.json").read_text())["count"] == 1
+
+
+def test_a_reader_that_goes_away_stops_the_command_quietly():
+    """`linedraw models | head -0`: stdout closed before the command writes is exit 141 (as for SIGPIPE), with
+    no traceback and no 'Exception ignored' at exit."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "linedraw", "models"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(120) == 141, err
+    assert "Traceback" not in err and "Exception ignored" not in err, err
