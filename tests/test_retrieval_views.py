@@ -130,18 +130,28 @@ def test_ivfpq_rescored_from_memory_mapped_float16_finds_the_true_neighbours(tmp
     assert recall(plain) < 0.8
 
 
-def test_a_reader_opened_before_a_write_keeps_its_own_float16_vectors(tmp_path):
-    """The codes and the float16 rows a reader re-scores with come from one version of the index, even when a
-    writer replaces the index between the reader's open and its first search."""
-    n, dim = 2000, 64
-    x = _clustered(n, dim, 5)
+def _ivfpq_gallery(path, x: np.ndarray, uncommitted: int | None = None) -> GalleryIndex:
+    """An IVF-PQ gallery (re-scored from float16) trained on the rows `x`, all of them added and committed; or,
+    with `uncommitted`, only that many added and the work copy left open."""
+    n, dim = x.shape
     plan = plan_index("ivfpq", n, dim, 1 << 30, on_disk=False)
     index = create_faiss_index(plan, dim)
     index.train(x)
-    gallery = GalleryIndex.create(tmp_path / "index", {**plan.__dict__, "dim": dim, "embedder": "e"}, index)
+    gallery = GalleryIndex.create(path, {**plan.__dict__, "dim": dim, "embedder": "e"}, index)
+    if uncommitted is not None:
+        gallery.add(x[:uncommitted], _items(uncommitted))
+        return gallery
     gallery.add(x, _items(n))
     gallery.commit()
-    gallery.close()
+    return gallery
+
+
+def test_a_reader_opened_before_a_write_keeps_its_own_float16_vectors(tmp_path):
+    """The codes and the float16 rows a reader re-scores with come from one version of the index, even when a
+    writer replaces the index between the reader's open and its first search."""
+    n = 2000
+    x = _clustered(n, 64, 5)
+    _ivfpq_gallery(tmp_path / "index", x).close()
     with GalleryIndex.open(tmp_path / "index") as reader:
         with GalleryIndex.edit(tmp_path / "index") as writer:
             writer.remove(list(range(0, n, 2)))
@@ -152,11 +162,7 @@ def test_a_reader_opened_before_a_write_keeps_its_own_float16_vectors(tmp_path):
 def test_store_follows_adds_and_removes(tmp_path):
     n, dim = 2000, 64
     x = _clustered(n, dim, 3)
-    plan = plan_index("ivfpq", n, dim, 1 << 30, on_disk=False)
-    index = create_faiss_index(plan, dim)
-    index.train(x)
-    gallery = GalleryIndex.create(tmp_path / "index", {**plan.__dict__, "dim": dim, "embedder": "e"}, index)
-    gallery.add(x[:1500], _items(1500))
+    gallery = _ivfpq_gallery(tmp_path / "index", x, uncommitted=1500)
     # added rows wait on disk in the work copy, not in memory (a 1e6-photo build would hold gigabytes)
     assert (gallery.directory / "added.f16").stat().st_size == 1500 * dim * 2 and not gallery._pending
     gallery.commit()
