@@ -133,7 +133,8 @@ def create_app(search: SketchSearch, *, workers: int = 2, host: str = "127.0.0.1
         Route("/photo/{slot:int}/{id:int}", photo),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
-    middleware = [Middleware(SecurityHeaders), Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts(host, allowed))]
+    middleware = [Middleware(SecurityHeaders),
+                  Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts(host, allowed))]
     return Starlette(routes=routes, middleware=middleware,
                      exception_handlers={QueryError: query_error, HTTPException: http_error})
 

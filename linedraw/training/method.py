@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 
 from linedraw.config import ConfigError, TrainConfig, save_config, to_dict
+from linedraw.errors import LinedrawError
 from linedraw.losses.cycle import cycle_loss
 from linedraw.losses.gan import lsgan_discriminator_loss, lsgan_generator_loss
 from linedraw.models import create_model
@@ -101,6 +102,8 @@ def _names_key(key: str, value: str, *related: str) -> Iterator[None]:
     ConfigError naming the key, instead of a traceback."""
     try:
         yield
+    except LinedrawError:  # already says what is wrong (missing weights, say)
+        raise
     except (KeyError, IndexError, RuntimeError, ValueError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         keys = " / ".join((key, *related))
