@@ -156,10 +156,7 @@ def run_build(args: argparse.Namespace) -> int:
                             args.min_object_area, args.draw_size, views=views, fuse_weight=args.fuse_weight)
     except UsageError as exc:
         raise UsageError(f"--{exc}") from None
-    try:
-        memory = parse_size(args.memory)
-    except UsageError as exc:
-        raise UsageError(f"--{exc}") from None
+    memory = parse_size(args.memory, "--memory")
     common = dict(kind=args.kind, memory=memory, on_disk=args.on_disk, like=args.like, shard=shard,
                   batch_size=args.batch_size, chunk_size=args.chunk_size, progress=not args.quiet, wait=args.wait)
     if args.engine == "ray":
