@@ -120,6 +120,9 @@ class OptimConfig:
     max_steps: int | None = None  # stop after this many optimizer steps (overrides epochs when smaller)
     mixed_precision: str = "no"  # "no" | "bf16" (passed to accelerate; fp16 is refused, see validate)
     grad_clip: float | None = None
+    # Steps at the start of a run in which G_A and G_B stay as they are while the discriminators, geometry head and
+    # U-Net learn: a warm-started generator then meets trained critics, not random ones whose gradients unteach it.
+    hold_generators_steps: int = 0
 
 
 @dataclass
@@ -258,6 +261,7 @@ _AT_LEAST = {
     "semantic.patches": 0, "semantic.patch_size": 8,
     "geometry.head_width": 1, "segmentation.num_classes": 1, "segmentation.encoder_depth": 1,
     "optim.batch_size": 1, "optim.epochs": 1, "optim.decay_epoch": 0, "optim.max_steps": 1,
+    "optim.hold_generators_steps": 0,
     "log.every": 1, "log.images_every": 1, "log.save_every": 1, "log.keep": 1,
 }
 _POSITIVE = ("optim.lr", "geometry.lr", "segmentation.lr", "optim.grad_clip")

@@ -281,3 +281,30 @@ def test_geometry_head_safetensors_roundtrip(tmp_path):
     garbage.write_bytes(b"not safetensors")
     with pytest.raises(ValueError, match="garbage.safetensors"):
         GeometryHead.from_safetensors(garbage)
+
+
+def test_a_transposed_generator_rewritten_for_resize_draws_its_upsampling_box_filtered():
+    """adapt_state_dict moves every tensor to the other layout; each resize convolution then computes exactly the
+    transposed convolution's output through a 2x2 box filter (away from the border), and the rewrite round-trips."""
+    torch.manual_seed(0)
+    transposed = ResnetGenerator(ngf=4, n_blocks=1, upsample="transpose")
+    resized = ResnetGenerator(ngf=4, n_blocks=1, upsample="resize")
+    state = transposed.state_dict()
+    adapted = resized.adapt_state_dict(state)
+    resized.load_state_dict(adapted)  # strict: every key of the resize layout, none left over
+    t_layers = [m for m in transposed.model if isinstance(m, nn.ConvTranspose2d)]
+    r_layers = [i for i, m in enumerate(resized.model) if isinstance(m, nn.Upsample)]
+    assert len(t_layers) == len(r_layers) == 2
+    for t_layer, i in zip(t_layers, r_layers):
+        r_layer = resized.model[i:i + 3]  # upsample, pad, conv
+        x = torch.randn(1, t_layer.in_channels, 8, 8)
+        with torch.no_grad():
+            t, r = F.pad(t_layer(x), (1, 0, 1, 0)), r_layer(x)
+        box = t[..., :-1, :-1] + t[..., 1:, :-1] + t[..., :-1, 1:] + t[..., 1:, 1:]
+        bias = t_layer.bias.view(1, -1, 1, 1)  # added once by each layer, four times by the box
+        assert torch.allclose((box - 3 * bias)[..., 2:-2, 2:-2], r[..., 2:-2, 2:-2], atol=1e-5)
+    back = transposed.adapt_state_dict(adapted)
+    assert set(back) == set(state) and all(torch.equal(back[k], state[k]) for k in state)
+    # A state of neither layout (another width) is handed back as it is, for the caller's shape check.
+    other = ResnetGenerator(ngf=8, n_blocks=1).state_dict()
+    assert resized.adapt_state_dict(other).keys() == other.keys()

@@ -7,6 +7,8 @@ taps, so the stride-2 checkerboard cannot appear). `resnet_generator_resize` is 
 """
 from __future__ import annotations
 
+from typing import Mapping
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -60,8 +62,8 @@ class ResnetGenerator(nn.Module):
             )
         if upsample not in UPSAMPLE_MODES:
             raise ValueError(f"upsample={upsample!r} must be one of {', '.join(UPSAMPLE_MODES)}")
-        self.in_channels = in_channels
-        self.out_channels = out_channels
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.ngf, self.n_blocks, self.upsample = ngf, n_blocks, upsample
         layers: list[nn.Module] = [
             nn.ReflectionPad2d(3),
             nn.Conv2d(in_channels, ngf, 7),
@@ -106,6 +108,35 @@ class ResnetGenerator(nn.Module):
         if h < MIN_SIZE or w < MIN_SIZE:
             raise ValueError(f"input height and width must be at least {MIN_SIZE}, got {h}x{w}")
         return self.model(x)
+
+    def adapt_state_dict(self, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """`state` of this generator with the other `upsample` mode, rewritten for this one (else as it is).
+
+        The two layouts hold the same layers at other indices, so every tensor moves by position. A transposed
+        kernel becomes the resize convolution's by swapping in/out channels and flipping it: nearest-neighbour
+        upsampling is zero insertion followed by a 2x2 box filter, so the resize layer then draws what the
+        transposed one drew, box-filtered, which removes the stride-2 checkerboard and keeps the rest; instance
+        norm takes out the box's gain. Going back (resize to transpose) uses the same rewrite."""
+        other = "resize" if self.upsample == "transpose" else "transpose"
+        with torch.device("meta"):
+            source = ResnetGenerator(self.in_channels, self.out_channels, self.ngf, self.n_blocks, other)
+        expected = {k: tuple(v.shape) for k, v in source.state_dict().items()}
+        if {k: tuple(v.shape) for k, v in state.items()} != expected:
+            return dict(state)
+        pairs = zip(_weighted(source), _weighted(self))
+        adapted: dict[str, torch.Tensor] = {}
+        for (src_name, src), (dst_name, dst) in pairs:
+            weight = state[f"{src_name}.weight"]
+            if isinstance(src, nn.ConvTranspose2d) != isinstance(dst, nn.ConvTranspose2d):
+                weight = weight.transpose(0, 1).flip(-2, -1)
+            adapted[f"{dst_name}.weight"] = weight.contiguous()
+            adapted[f"{dst_name}.bias"] = state[f"{src_name}.bias"]
+        return adapted
+
+
+def _weighted(net: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The convolutions of `net` in order, by their state-dict prefix."""
+    return [(name, m) for name, m in net.named_modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
 
 
 @register_model("resnet_generator_resize")

@@ -206,22 +206,27 @@ def generator_step(run: Run, batch: dict) -> tuple[dict[str, torch.Tensor], dict
     D = {k: accelerator.unwrap_model(nets[k]) for k in ("D_A", "D_B") if k in nets}  # no DDP sync for frozen Ds
     for d in D.values():
         d.requires_grad_(False)
+    held = run.state.step < run.cfg.optim.hold_generators_steps
     with accelerator.autocast():
-        fakes = {"B": nets["G_A"](real_A)}
+        # While held, the fakes are constants: the head and U-Net learn from them, the generators do not move.
+        with torch.no_grad() if held else contextlib.nullcontext():
+            fakes = {"B": nets["G_A"](real_A), **({"A": nets["G_B"](real_B)} if "G_B" in nets else {})}
         terms: dict[str, torch.Tensor] = {}
-        if "G_B" in nets:
-            fakes["A"] = nets["G_B"](real_B)
+        if "G_B" in nets and not held:
             terms["cycle"] = cycle_loss(nets["G_B"](fakes["B"]), real_A) + cycle_loss(nets["G_A"](fakes["A"]), real_B)
-        if "D_B" in D:
+        if "D_B" in D and not held:
             terms["gan"] = lsgan_generator_loss(D["D_B"](run.augment(fakes["B"])))
             if "D_A" in D:
                 terms["gan"] = terms["gan"] + lsgan_generator_loss(D["D_A"](run.augment(fakes["A"])))
         for name, term in run.losses.items():
             terms[name] = term(fakes["B"], batch)
-        loss_G = sum(getattr(run.cfg.loss, k) * v for k, v in terms.items())
-    accelerator.backward(loss_G)
+        loss_G = sum((getattr(run.cfg.loss, k) * v for k, v in terms.items()), torch.zeros((), device=real_A.device))
+    if loss_G.requires_grad:
+        accelerator.backward(loss_G)
     for name in ("opt_G", "opt_head", "opt_unet"):
-        if name in run.optimizers:
+        if name == "opt_G" and held:
+            resync(run.schedulers[name], run.state.step + 1)  # the schedule moves on as if it had stepped
+        elif name in run.optimizers:
             step_optimizer(run, name)
     return {**terms, "G_total": loss_G}, fakes
 

@@ -3,8 +3,9 @@
 The source is a shipped checkpoint name or a generator `.safetensors` (G_A only), or a training run folder (G_A,
 and the discriminators, geometry head and U-Net where its latest state holds them). Every tensor whose name and
 shape match is copied; the rest keep their fresh initialisation, so a run may change what the source could not
-know (e.g. `model.upsample=resize` keeps the encoder and residual blocks and learns new upsampling layers). Only
-the weights move: optimizer state, schedule and step start afresh.
+know. A generator of the other `model.upsample` is rewritten first (`ResnetGenerator.adapt_state_dict`), so a
+resize-upsampling run starts with every layer of a transposed-convolution checkpoint. Only the weights move:
+optimizer state, schedule and step start afresh.
 """
 from __future__ import annotations
 
@@ -52,6 +53,8 @@ def warm_start(nets: Mapping[str, nn.Module], source: str) -> dict[str, tuple[in
         saved = weights.get(name)
         if saved is None:
             continue
+        if hasattr(net, "adapt_state_dict"):  # a generator with the other upsampling: every layer still fits
+            saved = net.adapt_state_dict(saved)
         own = net.state_dict()
         fitting = {k: v for k, v in saved.items() if k in own and tuple(own[k].shape) == tuple(v.shape)}
         with torch.no_grad():
