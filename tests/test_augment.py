@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from linedraw.errors import UsageError
-from linedraw.models.augment import POLICIES, diff_augment, parse_policy
+from linedraw.models.augment import FILL, POLICIES, diff_augment, parse_policy
 
 ALL = "color,translation,cutout"
 
@@ -79,7 +79,7 @@ def test_color_changes_saturation_of_photos():
     assert (ratio <= 2 * 1.5 + 1e-4).all() and ratio.std() > 0.05  # per-image factors, not one global one
 
 
-def test_translation_shifts_by_at_most_an_eighth_with_zero_fill():
+def test_translation_shifts_by_at_most_an_eighth_with_grey_fill():
     x = _batch(1, 32, 48)
     y = diff_augment(x, "translation", _gen())
     shifts = []
@@ -87,26 +87,34 @@ def test_translation_shifts_by_at_most_an_eighth_with_zero_fill():
         found = None
         for dy in range(-4, 5):
             for dx in range(-6, 7):
-                expected = torch.zeros_like(xi)
+                expected = torch.full_like(xi, FILL)
                 src = xi[:, max(0, -dy) : 32 - max(0, dy), max(0, -dx) : 48 - max(0, dx)]
                 expected[:, max(0, dy) : max(0, dy) + src.shape[1], max(0, dx) : max(0, dx) + src.shape[2]] = src
                 if torch.equal(expected, yi):
                     found = (dy, dx)
-        assert found is not None, "output is not a zero-filled shift of at most 1/8 of the side"
+        assert found is not None, "output is not a grey-filled shift of at most 1/8 of the side"
         shifts.append(found)
     assert len(set(shifts)) > 1  # each image draws its own shift
 
 
-def test_cutout_zeroes_one_rectangle_of_at_most_half_the_sides():
+def test_cutout_fills_one_rectangle_of_at_most_half_the_sides():
     x = _batch(3, 32, 48)
     y = diff_augment(x, "cutout", _gen())
     for xi, yi in zip(x, y):
-        zero = (yi == 0).all(dim=0)
+        zero = (yi == FILL).all(dim=0)
         assert torch.equal(yi[:, ~zero], xi[:, ~zero])  # everything else untouched
         rows, cols = zero.any(dim=1).nonzero().flatten(), zero.any(dim=0).nonzero().flatten()
         assert 1 <= len(rows) <= 16 and 1 <= len(cols) <= 24
         assert int(zero.sum()) == len(rows) * len(cols)  # a single rectangle
         assert len(rows) == 16 or rows.min() == 0 or rows.max() == 31  # shorter only where clipped
+
+
+def test_translation_and_cutout_add_no_ink_to_a_blank_drawing():
+    """A fill of 0 is solid black on white paper: the discriminator then judges the block, not the strokes (the
+    campaign's drawings bleached under it). Grey is no nearer ink than paper is to it."""
+    paper = torch.ones(8, 1, 32, 32)
+    y = diff_augment(paper, "translation,cutout", _gen())
+    assert y.min() >= FILL and (y < 1).any()
 
 
 def test_unknown_policy_names_the_argument():

@@ -11,9 +11,12 @@ Policies (comma-separated, applied in the order given), for NCHW images in [0, 1
   per-pixel channel mean is scaled; skipped for 1-channel drawings) and a contrast factor in [0.5, 1.5] (the
   distance to the image mean is scaled), in that order. These are the paper's ranges with brightness halved,
   because its images span [-1, 1] and ours [0, 1]. No clamping, so gradients never vanish.
-- `translation`: per image, an integer shift of up to 1/8 of the height and of the width, filled with zeros.
+- `translation`: per image, an integer shift of up to 1/8 of the height and of the width, filled with `FILL`.
 - `cutout`: per image, a rectangle of half the height and half the width, centred anywhere in the image
-  (clipped at the border), set to zero.
+  (clipped at the border), set to `FILL`.
+`FILL` is 0.5, the middle of our range, as the paper's zero is of its [-1, 1]. A fill of 0 would be solid ink on
+a drawing: a quarter of every augmented drawing black, which the discriminator then judges instead of the
+strokes, and the generator learns to fool it by drawing less.
 
 All random numbers come from `generator` (drawn on its device), so a run seeded the same way, or resumed with
 the generator's saved state, augments identically. The module lives with the models because it is part of
@@ -30,8 +33,10 @@ from linedraw.errors import UsageError
 POLICIES = ("color", "translation", "cutout")
 #: Translation shifts by at most this fraction of each side.
 TRANSLATION_RATIO = 1 / 8
-#: Cutout zeroes a rectangle of this fraction of each side.
+#: Cutout fills a rectangle of this fraction of each side.
 CUTOUT_RATIO = 1 / 2
+#: What translation and cutout fill with: mid-grey, neither paper nor ink.
+FILL = 0.5
 
 
 def parse_policy(policy: str) -> tuple[str, ...]:
@@ -83,7 +88,7 @@ def _translation(x: torch.Tensor, generator: torch.Generator | None) -> torch.Te
     max_y, max_x = int(h * TRANSLATION_RATIO), int(w * TRANSLATION_RATIO)
     dy = _integers(x, generator, -max_y, max_y, b)
     dx = _integers(x, generator, -max_x, max_x, b)
-    padded = F.pad(x, (max_x, max_x, max_y, max_y))
+    padded = F.pad(x, (max_x, max_x, max_y, max_y), value=FILL)
     # Output pixel (i, j) reads input pixel (i - dy, j - dx), i.e. padded (i - dy + max_y, j - dx + max_x).
     rows = torch.arange(h, device=x.device)[None, :] + (max_y - dy)[:, None]
     cols = torch.arange(w, device=x.device)[None, :] + (max_x - dx)[:, None]
@@ -99,7 +104,7 @@ def _cutout(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     rows = torch.arange(h, device=x.device)[None, :] - top[:, None]
     cols = torch.arange(w, device=x.device)[None, :] - left[:, None]
     inside = ((rows >= 0) & (rows < size_y))[:, :, None] & ((cols >= 0) & (cols < size_x))[:, None, :]
-    return x * (~inside)[:, None].to(x.dtype)
+    return torch.where(inside[:, None], torch.full_like(x, FILL), x)
 
 
 _AUGMENTATIONS = {"color": _color, "translation": _translation, "cutout": _cutout}
