@@ -101,11 +101,11 @@ def test_cutout_fills_one_rectangle_of_at_most_half_the_sides():
     x = _batch(3, 32, 48)
     y = diff_augment(x, "cutout", _gen())
     for xi, yi in zip(x, y):
-        zero = (yi == FILL).all(dim=0)
-        assert torch.equal(yi[:, ~zero], xi[:, ~zero])  # everything else untouched
-        rows, cols = zero.any(dim=1).nonzero().flatten(), zero.any(dim=0).nonzero().flatten()
+        filled = (yi == FILL).all(dim=0)
+        assert torch.equal(yi[:, ~filled], xi[:, ~filled])  # everything else untouched
+        rows, cols = filled.any(dim=1).nonzero().flatten(), filled.any(dim=0).nonzero().flatten()
         assert 1 <= len(rows) <= 16 and 1 <= len(cols) <= 24
-        assert int(zero.sum()) == len(rows) * len(cols)  # a single rectangle
+        assert int(filled.sum()) == len(rows) * len(cols)  # a single rectangle
         assert len(rows) == 16 or rows.min() == 0 or rows.max() == 31  # shorter only where clipped
 
 

@@ -22,8 +22,9 @@ out = sys.argv[1]
 e = json.load(open(f"{out}/edges.json"))["scores"]
 s = json.load(open(f"{out}/strokes.json"))["means"]
 r = json.load(open(f"{out}/retrieval.json"))["metrics"]
-drawn, raw = (r[k]["mAP@all"] for k in r if k != "raw photos"), r["raw photos"]["mAP@all"]
+drawn = next(column["mAP@all"] for name, column in r.items() if name != "raw photos")
+raw = r["raw photos"]["mAP@all"]
 print(f"ODS {e['ods']:.3f} | OIS {e['ois']:.3f} | AP {e['ap']:.3f} | specks {s['speck_fraction']:.3f} | "
       f"stroke length {s['mean_stroke_length']:.1f} px | strokes {s['strokes']:.0f} | "
-      f"checkerboard {s['checkerboard_energy']:.2g} | Sketchy mAP@all drawings {next(drawn):.3f} vs raw photos {raw:.3f}")
+      f"checkerboard {s['checkerboard_energy']:.2g} | Sketchy mAP@all drawings {drawn:.3f} vs raw photos {raw:.3f}")
 PY
