@@ -77,6 +77,7 @@ class LossWeights:
     semantic: float = 10.0
     geometry: float = 10.0
     segmentation: float = 1.0
+    grey: float = 0.0  # grey-wash penalty on G_A's drawings (linedraw.losses.grey; not in the paper)
 
 
 @dataclass

@@ -14,6 +14,7 @@ from linedraw.losses import (
     SemanticLoss,
     build_unet,
     cycle_loss,
+    grey_loss,
     lsgan_discriminator_loss,
     lsgan_generator_loss,
 )
@@ -309,3 +310,19 @@ def test_segmentation_rejects_mismatched_mask():
         SegmentationLoss(nn.Conv2d(3, 2, 1))(
             torch.rand(1, 1, 8, 8), torch.zeros(1, 4, 4, dtype=torch.long), torch.tensor([True])
         )
+
+
+def test_grey_loss_is_zero_on_ink_and_paper_and_one_at_mid_grey():
+    binary = (torch.rand(2, 1, 8, 8) > 0.5).float()
+    assert float(grey_loss(binary)) == 0.0
+    assert float(grey_loss(torch.full((1, 1, 4, 4), 0.5))) == pytest.approx(1.0)
+    assert float(grey_loss(torch.full((1, 1, 4, 4), 0.9))) == pytest.approx(4 * 0.9 * 0.1)
+    with pytest.raises(ValueError, match=r"\(N, 1, H, W\)"):
+        grey_loss(torch.rand(1, 3, 4, 4))
+
+
+def test_grey_loss_pushes_each_pixel_to_the_nearer_end():
+    logits = torch.tensor([[-0.8, -0.2], [0.3, 1.0]]).reshape(1, 1, 2, 2).requires_grad_()
+    first, last = _optimise(lambda: grey_loss(torch.sigmoid(logits)), [logits], steps=60, lr=0.1)
+    assert last < 0.2 * first
+    assert torch.equal(torch.sigmoid(logits).detach().round(), torch.tensor([[0.0, 0.0], [1.0, 1.0]]).reshape(1, 1, 2, 2))

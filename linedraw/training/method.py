@@ -169,7 +169,7 @@ def build_optimizers(cfg: TrainConfig, nets: dict[str, nn.Module]) -> dict[str, 
 
 
 def build_losses(cfg: TrainConfig, teachers: Teachers, nets: dict[str, nn.Module]) -> dict[str, Callable]:
-    """The teacher losses as `term(fake_B, batch) -> loss`, in the order they are summed."""
+    """The teacher losses and the grey-wash prior as `term(fake_B, batch) -> loss`, in the order they are summed."""
     losses: dict[str, Callable] = {}
     if teachers.semantic is not None:
         from linedraw.losses.semantic import SemanticLoss
@@ -187,6 +187,10 @@ def build_losses(cfg: TrainConfig, teachers: Teachers, nets: dict[str, nn.Module
 
         segmentation = SegmentationLoss(nets["unet"], ignore_index=cfg.segmentation.ignore_index)
         losses["segmentation"] = lambda fake_B, batch: segmentation(fake_B, batch["mask"], batch["has_mask"])
+    if cfg.loss.grey > 0:
+        from linedraw.losses.grey import grey_loss
+
+        losses["grey"] = lambda fake_B, batch: grey_loss(fake_B)
     return losses
 
 
