@@ -1,5 +1,5 @@
-"""Grey-wash penalty on the drawing: a pixel should be ink or paper, not the light-grey wash that the teacher losses
-reward (their features read faint texture) and that makes a drawing look less like a sketch. Not in the paper."""
+"""Grey-wash penalty on the drawing: a pixel should be ink or paper, not light-grey wash, which the teacher losses
+can reward (their features read faint texture) and which makes a drawing look less like a sketch. Not in the paper."""
 from __future__ import annotations
 
 import torch
